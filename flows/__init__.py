@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only; the ML lives in tasks/ and models/."""

@@ -1,0 +1,1 @@
+"""Generator families, one file each, behind the protocol in `models.base`."""

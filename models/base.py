@@ -1,0 +1,154 @@
+"""The generator protocol: the only thing the trainer, evaluator and serving code know about a model.
+
+A generator is an `nn.Module` with:
+- a frozen config dataclass (`Config`) that rebuilds it, saved as JSON next to safetensors weights;
+- `optimizer_groups()` — named parameter groups, one optimizer each (one for most models; GANs return
+  `{"generator": ..., "discriminator": ...}`);
+- `train_step(micro_batches, opt)` — one update: forward, backward and `opt.step(group)` for each group. The default
+  accumulates `loss(batch)` over the micro-batches into the single group, which fits LMs, RNNs, VAEs and DDPMs;
+  a GAN overrides it to step the discriminator, then the generator;
+- `sample(n, generator=...)` — unconditional samples drawn with an explicit `torch.Generator`.
+
+Text generators add `nll` (summed negative log-likelihood, for perplexity and bits per byte) and `generate`
+(continuation of prompts). Everything model-specific stays in the model's own file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "generator.json"
+
+
+class Optimization(Protocol):
+    """What a train step may do with the optimizers the trainer owns."""
+
+    def autocast(self) -> contextlib.AbstractContextManager: ...
+
+    def backward(self, loss: Tensor) -> None: ...
+
+    def step(self, group: str) -> None: ...
+
+
+class Generator(nn.Module):
+    """Base class of every generator family."""
+
+    name: ClassVar[str]  # the key used everywhere: params `model.name`, registry, metrics
+    modality: ClassVar[str]  # "text" or "image"
+    Config: ClassVar[type]  # frozen dataclass of hyper-parameters
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Return the parameters each optimizer updates, by group name."""
+        return {"model": [p for p in self.parameters() if p.requires_grad]}
+
+    def loss(self, batch: Any) -> Tensor:
+        """Return the scalar training loss of one micro-batch (single-objective models)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement loss() or override train_step()")
+
+    def train_step(self, micro_batches: Sequence[Any], opt: Optimization) -> dict[str, float]:
+        """Run one optimizer update over `micro_batches` (gradient accumulation) and return metrics."""
+        total = 0.0
+        for batch in micro_batches:
+            with opt.autocast():
+                loss = self.loss(batch)
+            opt.backward(loss / len(micro_batches))
+            total += loss.item()
+        opt.step("model")
+        return {"loss": total / len(micro_batches)}
+
+    def sample(self, n: int, *, generator: torch.Generator, **kwargs: Any) -> Any:
+        """Draw `n` unconditional samples using `generator` for every random choice."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------ persistence
+
+    def save(self, directory: Path) -> None:
+        """Write weights (safetensors) and the config that rebuilds the model (JSON) into `directory`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(self, str(directory / WEIGHTS_FILE))
+        spec = {"name": self.name, "config": dataclasses.asdict(self.config)}
+        (directory / CONFIG_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    def n_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+class TextGenerator(Generator):
+    """A generator of token sequences."""
+
+    modality = "text"
+
+    @property
+    def block_size(self) -> int:
+        """Return the longest context, in tokens, the model attends to."""
+        return self.config.block_size
+
+    def nll(self, x: Tensor, y: Tensor) -> Tensor:
+        """Return the summed negative log-likelihood (nats) of targets `y` (B, T) given inputs `x` (B, T)."""
+        raise NotImplementedError
+
+    def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Continue `prompt` (B, T) by `max_new_tokens`; temperature 0 is greedy. Returns only the new tokens."""
+        raise NotImplementedError
+
+    def sample(self, n: int, *, generator: torch.Generator, start_id: int = 0, max_new_tokens: int = 128,
+               temperature: float = 1.0, top_k: int = 0) -> Tensor:
+        """Sample `n` sequences from a start token (the document separator)."""
+        device = next(self.parameters()).device
+        start = torch.full((n, 1), start_id, dtype=torch.long, device=device)
+        return self.generate(start, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
+
+
+def pick_next(logits: Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> Tensor:
+    """Choose the next token from logits (B, V): greedy at temperature 0, else top-k sampling. Returns (B, 1)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) smallest logit that survives
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if generator is not None and generator.device != probs.device:
+        probs = probs.to(generator.device)
+    return torch.multinomial(probs, 1, generator=generator).to(logits.device)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+# model.name -> "module:Class"; imported lazily so choosing one family never imports the others.
+GENERATORS: dict[str, str] = {"gpt": "models.gpt:GPT"}
+
+
+def generator_class(name: str) -> type[Generator]:
+    """Return the generator class registered under `name`."""
+    import importlib
+
+    if name not in GENERATORS:
+        raise KeyError(f"unknown generator {name!r}; known: {', '.join(sorted(GENERATORS))}")
+    module, _, cls = GENERATORS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_generator(directory: Path, map_location: str | torch.device = "cpu") -> Generator:
+    """Rebuild a generator from `directory` (generator.json + model.safetensors) without unpickling anything."""
+    spec = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
+    cls = generator_class(spec["name"])
+    model = cls(cls.Config(**spec["config"]))
+    load_model(model, str(Path(directory) / WEIGHTS_FILE), device=str(map_location))
+    return model.to(map_location)
+

@@ -1,0 +1,81 @@
+"""GPT-2-family causal language model: Hugging Face `GPT2LMHeadModel` behind the generator protocol.
+
+The network is transformers' (one well-tested implementation, loadable by the whole HF ecosystem); this file only
+maps params to a `GPT2Config`, defines the loss, and samples with an explicit `torch.Generator` through the KV
+cache (HF `generate` takes no generator, so seeded sampling would otherwise depend on global RNG state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.base import TextGenerator, pick_next
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int  # from the tokenizer
+    block_size: int = 128  # context length (GPT-2's n_positions)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.1  # embedding, attention and residual dropout alike
+    eot_id: int = 0  # document separator: start token for unconditional samples
+
+
+class GPT(TextGenerator):
+    name = "gpt"
+    Config = GPTConfig
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        hf = GPT2Config(
+            vocab_size=config.vocab_size,
+            n_positions=config.block_size,
+            n_embd=config.n_embd,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout,
+            attn_pdrop=config.dropout,
+            bos_token_id=config.eot_id,
+            eos_token_id=config.eot_id,
+        )
+        self.net = GPT2LMHeadModel(hf)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return next-token logits (B, T, V) for tokens x (B, T)."""
+        return self.net(input_ids=x, use_cache=False).logits
+
+    def loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch  # (B, T) each; y is x shifted left by one
+        logits = self(x)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+    def nll(self, x: Tensor, y: Tensor) -> Tensor:
+        logits = self(x)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+
+    @torch.inference_mode()
+    def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Continue `prompt` (B, T) with the KV cache; when the context fills up, restart the cache from the
+        most recent half-window of tokens so generation can run past block_size."""
+        tokens = prompt[:, -self.block_size :]
+        context, past, new = tokens, None, []
+        for _ in range(max_new_tokens):
+            cached = 0 if past is None else past.get_seq_length()
+            if cached + context.size(1) > self.block_size:  # positions would overflow: re-encode a recent window
+                context, past = tokens[:, -(self.block_size // 2) :], None
+            out = self.net(input_ids=context, past_key_values=past, use_cache=True, logits_to_keep=1)
+            past = out.past_key_values
+            context = pick_next(out.logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
+            new.append(context)
+            tokens = torch.cat([tokens, context], dim=1)
+        return torch.cat(new, dim=1) if new else prompt[:, :0]

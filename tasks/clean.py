@@ -1,0 +1,98 @@
+"""clean: normalise text, drop exact duplicates and documents outside the length bounds, and count why."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+
+from tasks.errors import DataError
+from tasks.ingest import CORPUS_FILE
+from tasks.io import atomic_path, read_jsonl, write_json, write_jsonl
+from tasks.params import CleanParams, Params
+
+log = logging.getLogger(__name__)
+
+CLEAN_FILE = "documents.jsonl"  # inside clean.out_dir
+
+_SPACES = re.compile(r"[^\S\n]+")  # runs of whitespace other than newlines
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def strip_controls(text: str) -> tuple[str, int]:
+    """Remove control and format characters except newline and tab; return the text and how many went."""
+    kept = [c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co")]
+    return "".join(kept), len(text) - len(kept)
+
+
+def normalize(text: str) -> tuple[str, int]:
+    """Return NFC text with controls stripped and whitespace normalised, plus the count of controls removed."""
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text, n_controls = strip_controls(text)
+    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip(), n_controls
+
+
+@dataclass(frozen=True)
+class CleanResult:
+    texts: list[str]
+    counts: dict[str, int]  # documents_in/out, dropped_* by reason, control_chars_removed, chars_in/out
+
+
+def clean_documents(texts: list[str], cfg: CleanParams) -> CleanResult:
+    """Normalise each document; keep the first of exact duplicates; drop documents outside the length bounds."""
+    counts: Counter[str] = Counter(documents_in=len(texts), chars_in=sum(len(t) for t in texts))
+    seen: set[bytes] = set()
+    kept = []
+    for raw in texts:
+        text, n_controls = normalize(raw)
+        counts["control_chars_removed"] += n_controls
+        digest = hashlib.sha256(text.encode("utf-8")).digest()
+        if not text:
+            counts["dropped_empty"] += 1
+        elif digest in seen:
+            counts["dropped_duplicate"] += 1
+        elif len(text) < cfg.min_chars:
+            counts["dropped_too_short"] += 1
+        elif len(text) > cfg.max_chars:
+            counts["dropped_too_long"] += 1
+        else:
+            kept.append(text)
+        seen.add(digest)
+    counts["documents_out"] = len(kept)
+    counts["chars_out"] = sum(len(t) for t in kept)
+    for reason in ("dropped_empty", "dropped_duplicate", "dropped_too_short", "dropped_too_long"):
+        counts.setdefault(reason, 0)
+    counts.setdefault("control_chars_removed", 0)
+    return CleanResult(kept, dict(counts))
+
+
+def clean(params: Params) -> dict:
+    """Clean the ingested corpus into `<clean.out_dir>/documents.jsonl`; write the counts as metrics."""
+    cfg = params.clean
+    rows = read_jsonl(params.ingest.out_dir / CORPUS_FILE)
+    result = clean_documents([r["text"] for r in rows], cfg)
+    c = result.counts
+    if not result.texts:
+        raise DataError(
+            f"the corpus is empty after cleaning: {c['documents_in']} documents in, "
+            f"{c['dropped_empty']} empty, {c['dropped_duplicate']} duplicates, "
+            f"{c['dropped_too_short']} shorter than clean.min_chars={cfg.min_chars}, "
+            f"{c['dropped_too_long']} longer than clean.max_chars={cfg.max_chars}"
+        )
+    with atomic_path(cfg.out_dir) as out:
+        out.mkdir()
+        write_jsonl(out / CLEAN_FILE, [{"text": t} for t in result.texts])
+    write_json(cfg.metrics_path, c)
+    log.info("clean: kept %d of %d documents (%s)", c["documents_out"], c["documents_in"],
+             ", ".join(f"{k}={v}" for k, v in c.items() if k.startswith("dropped_") and v))
+    return c
+
+
+if __name__ == "__main__":
+    from tasks.cli import main
+
+    main(clean)

@@ -1,0 +1,35 @@
+"""The process entry point shared by every stage: `python -m tasks.<stage>` as DVC runs it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from tasks.errors import UserError
+from tasks.params import Params, load_params
+
+log = logging.getLogger("tasks")
+
+DEBUG_ENV = "GENPIPE_DEBUG"  # set to 1 to see tracebacks for user errors
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log `tasks` and `models` records to stderr as one line each."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "alembic", "mlflow", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(stage: Callable[[Params], Any]) -> None:
+    """Load params.yaml, run one stage, and turn user errors into a one-line message and a non-zero exit."""
+    setup_logging()
+    try:
+        stage(load_params())
+    except UserError as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        sys.stderr.write(f"error: {stage.__name__}: {exc}\n")
+        sys.exit(exc.exit_code)

@@ -1,0 +1,241 @@
+"""The schema of params.yaml: the only place the file is read and validated.
+
+Every stage receives a typed, frozen `Params`; no other code opens params.yaml. Relative paths are resolved
+against the directory holding params.yaml (the project root), so stages run the same from DVC, Prefect and tests.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from tasks.errors import ParamsError
+
+PARAMS_FILE = "params.yaml"
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    root = (info.context or {}).get("root")
+    return value if value.is_absolute() or root is None else Path(root) / value
+
+
+# A path in params.yaml: written relative to the project root, held absolute once loaded.
+ProjectPath = Annotated[Path, AfterValidator(_resolve)]
+
+
+class Section(BaseModel):
+    """A params.yaml section: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestParams(Section):
+    # `embedded:pydoc` | a local file, directory or glob (.txt, .md, .jsonl) | http(s):// URL | hf:<dataset>[:split]
+    sources: list[str] = Field(default_factory=lambda: ["embedded:pydoc"], min_length=1)
+    # DVC watches this directory, so edits to local raw data rerun ingest; sources elsewhere are read but not watched.
+    inputs_dir: ProjectPath = Path("data/inputs")
+    text_field: str = "text"  # field holding the text in .jsonl files and Hugging Face datasets
+    timeout_s: float = Field(30.0, gt=0)  # per network request
+    out_dir: ProjectPath = Path("data/raw")
+    metrics_path: ProjectPath = Path("metrics/ingest.json")
+
+
+class CleanParams(Section):
+    min_chars: int = Field(64, ge=1)  # shorter documents are dropped (after normalisation)
+    max_chars: int = Field(1_000_000, ge=1)  # longer documents are dropped
+    out_dir: ProjectPath = Path("data/clean")
+    metrics_path: ProjectPath = Path("metrics/clean.json")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CleanParams:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) must not exceed max_chars ({self.max_chars})")
+        return self
+
+
+class PreprocessParams(Section):
+    tokenizer: Literal["bpe"] = "bpe"  # byte-level BPE trained on the train split only
+    vocab_size: int = Field(2048, ge=260, le=65535)  # >= 256 bytes + specials; <= 65535 keeps tokens in uint16
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+    test_fraction: float = Field(0.05, gt=0, lt=0.5)
+    out_dir: ProjectPath = Path("data/processed")
+    metrics_path: ProjectPath = Path("metrics/preprocess.json")
+
+
+class GPTParams(Section):
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=8)
+    block_size: int = Field(128, ge=8)  # context length in tokens
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> GPTParams:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class ModelParams(Section):
+    name: Literal["gpt"] = "gpt"  # which generator trains; its hyper-parameters live in the section of that name
+    gpt: GPTParams = GPTParams()
+
+    @property
+    def hparams(self) -> Section:
+        """Return the hyper-parameters of the chosen generator."""
+        return getattr(self, self.name)
+
+
+class TrainParams(Section):
+    max_steps: int = Field(1000, ge=1)  # optimizer updates
+    batch_size: int = Field(16, ge=1)  # sequences per micro-batch
+    grad_accum: int = Field(1, ge=1)  # micro-batches per update
+    lr: float = Field(3e-3, gt=0)  # peak learning rate
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.1, ge=0)  # applied to matrices only, not to biases and norms
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0)  # max global grad norm; 0 disables clipping
+    eval_interval: int = Field(100, ge=1)  # validate and checkpoint every N steps
+    eval_batches: int = Field(20, ge=1)  # validation micro-batches per evaluation
+    log_interval: int = Field(10, ge=1)
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    out_dir: ProjectPath = Path("artifacts/train")
+    checkpoint_dir: ProjectPath = Path("checkpoints")  # outside DVC's outputs so a killed run can resume
+    metrics_path: ProjectPath = Path("metrics/train.json")
+    plots_path: ProjectPath = Path("plots/train.json")
+
+    @model_validator(mode="after")
+    def _warmup(self) -> TrainParams:
+        if self.warmup_steps >= self.max_steps and self.max_steps > 1:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        return self
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(16, ge=1)  # windows per forward pass when scoring the test split
+    n_prompts: int = Field(32, ge=1)  # held-out prompts for BLEU / ROUGE-L
+    prompt_tokens: int = Field(32, ge=1)
+    continuation_tokens: int = Field(32, ge=1)
+    n_samples: int = Field(8, ge=0)  # unconditional samples written to samples.jsonl
+    sample_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.8, ge=0)  # 0 means greedy
+    top_k: int = Field(50, ge=0)  # 0 disables top-k filtering
+    seed: int = 0
+    out_dir: ProjectPath = Path("artifacts/evaluate")
+    metrics_path: ProjectPath = Path("metrics/evaluate.json")
+
+
+# Metrics the champion gate can compare, and whether larger is better.
+PROMOTE_METRICS: dict[str, bool] = {"test_bpb": False, "test_perplexity": False, "bleu": True, "rouge_l": True}
+
+
+class RegisterParams(Section):
+    model_name: str = Field("text-generator", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    tracking_uri: str = "sqlite:///mlflow.db"  # relative sqlite paths are relative to the project root
+    experiment_name: str = "genpipe"
+    artifacts_dir: ProjectPath = Path("mlartifacts")  # where a new experiment stores its artifacts
+    promote_metric: Literal["test_bpb", "test_perplexity", "bleu", "rouge_l"] = "test_bpb"
+    min_improvement: float = Field(0.0, ge=0)  # absolute margin, in the metric's units, a challenger must win by
+    metrics_path: ProjectPath = Path("metrics/register.json")
+
+    @model_validator(mode="after")
+    def _absolute_sqlite(self, info: ValidationInfo) -> RegisterParams:
+        prefix = "sqlite:///"
+        root = (info.context or {}).get("root")
+        path = self.tracking_uri.removeprefix(prefix)
+        if self.tracking_uri.startswith(prefix) and root is not None and not Path(path).is_absolute():
+            object.__setattr__(self, "tracking_uri", prefix + str(Path(root) / path))
+        return self
+
+    @property
+    def greater_is_better(self) -> bool:
+        return PROMOTE_METRICS[self.promote_metric]
+
+
+with warnings.catch_warnings():
+    # `register` is a public params key; shadowing ABCMeta.register on the model class is harmless.
+    warnings.filterwarnings("ignore", message='Field name "register"')
+
+    class Params(Section):
+        ingest: IngestParams = IngestParams()
+        clean: CleanParams = CleanParams()
+        preprocess: PreprocessParams = PreprocessParams()
+        model: ModelParams = ModelParams()
+        train: TrainParams = TrainParams()
+        evaluate: EvaluateParams = EvaluateParams()
+        register: RegisterParams = RegisterParams()
+        root: Path = Field(default=Path("."), exclude=True)  # the project directory (set by the loader)
+        
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    kind, msg, value = err["type"], err["msg"], err.get("input")
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{key}: {value!r} is not allowed; allowed values: {allowed}"
+    msg = msg.removeprefix("Value error, ")
+    return f"{key}: {msg} (got {value!r})" if not isinstance(value, dict) else f"{key}: {msg}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Return the keys allowed at `loc` (the location of an unknown key), for the error message."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return [k for k, f in model.model_fields.items() if not f.exclude]
+
+
+def parse_params(data: Any, root: Path, source: str = PARAMS_FILE) -> Params:
+    """Validate a params mapping into typed objects; raise ParamsError naming every bad key in one line."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    try:
+        return Params.model_validate({**data, "root": root}, context={"root": root})
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            text = _describe(err)
+            if err["type"] == "extra_forbidden":
+                allowed = _allowed_keys(Params, err["loc"])
+                text += f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+            parts.append(text)
+        raise ParamsError(f"{source}: " + "; ".join(parts)) from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; relative paths in it resolve against its directory."""
+    path = Path(path).resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ParamsError(f"{path.name}: malformed YAML{where}: {problem}") from None
+    return parse_params(data, path.parent, path.name)

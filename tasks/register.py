@@ -1,0 +1,147 @@
+"""register: log the evaluated model to MLflow, register it as `challenger`, and promote it to `champion` when it
+beats the current champion on `register.promote_metric` by `register.min_improvement`.
+
+The model is a models-from-code pyfunc (`models/text_pyfunc.py`) with the `models` package as code, weights in
+safetensors and the tokenizer as artifacts: loading it never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+
+from tasks.io import read_json, write_json
+from tasks.params import Params
+from tasks.preprocess import META_FILE, TOKENIZER_FILE
+from tasks.train import RUN_FILE
+
+log = logging.getLogger(__name__)
+
+PYFUNC_FILE = Path(__file__).resolve().parent.parent / "models" / "text_pyfunc.py"
+MODELS_DIR = PYFUNC_FILE.parent
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+# ---------------------------------------------------------------------------------------------------- pure logic
+
+
+def should_promote(challenger: float, champion: float | None, greater_is_better: bool, min_improvement: float) -> bool:
+    """Decide whether a challenger takes the champion alias."""
+    if champion is None or not math.isfinite(champion):
+        return math.isfinite(challenger)
+    if not math.isfinite(challenger):
+        return False
+    gain = challenger - champion if greater_is_better else champion - challenger
+    return gain > min_improvement
+
+
+# ---------------------------------------------------------------------------------------------------- stage
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = Schema([
+        ColSpec("string", "prompt"),
+        ColSpec("long", "max_new_tokens", required=False),
+        ColSpec("double", "temperature", required=False),
+        ColSpec("long", "top_k", required=False),
+        ColSpec("long", "seed", required=False),
+    ])
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string", "text")]))
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("torch", "transformers", "tokenizers", "safetensors", "mlflow", "pandas")]
+
+
+def _current_champion(client, name: str, metric: str) -> tuple[str | None, float | None]:
+    """Return the champion's version and its value of `metric`, or (None, None) when there is no champion."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None, None
+    value = mv.tags.get(f"metric.{metric}")
+    return mv.version, float(value) if value is not None else None
+
+
+def register(params: Params) -> dict:
+    """Log, register and (if it wins) promote the trained model; write the decision as metrics."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from tasks.tracking import connect, run_exists
+
+    cfg = params.register
+    experiment_id = connect(cfg)
+    client = mlflow.MlflowClient()
+    metrics = read_json(params.evaluate.metrics_path)
+    data_dir = params.preprocess.out_dir
+    run_id = read_json(params.train.out_dir / RUN_FILE).get("run_id")
+    history = read_json(params.train.plots_path)
+    data_digest = read_json(params.ingest.metrics_path)["corpus_sha256"]
+    value = metrics.get(cfg.promote_metric)
+    value = float("nan") if value is None else float(value)
+
+    resumed = run_exists(run_id)
+    with mlflow.start_run(run_id=run_id if resumed else None, experiment_id=experiment_id) as run:
+        if not resumed:  # training was logged elsewhere (or restored from DVC's cache): backfill its curve
+            mlflow.log_params({"model.name": params.model.name,
+                               **{f"model.{k}": v for k, v in params.model.hparams.model_dump().items()}})
+            for row in history:
+                mlflow.log_metrics({"train_loss": row["train_loss"], "val_loss": row["val_loss"]}, step=row["step"])
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways": it is a local path
+            source = resolve_dataset_source(str(data_dir))
+        mlflow.log_input(MetaDataset(source, name="corpus", digest=data_digest[:16]), context="training")
+        mlflow.log_artifact(str(params.evaluate.out_dir / "samples.jsonl"), artifact_path="evaluation")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_FILE),
+            artifacts={"generator": str(params.train.out_dir), "tokenizer": str(data_dir / TOKENIZER_FILE),
+                       "data_meta": str(data_dir / META_FILE)},
+            code_paths=[str(MODELS_DIR)],
+            signature=_signature(),
+            input_example={"prompt": ["The "], "max_new_tokens": [8], "temperature": [0.0], "top_k": [0],
+                           "seed": [0]},
+            pip_requirements=_requirements(),
+            registered_model_name=cfg.model_name,
+        )
+        run_id = run.info.run_id
+
+    version = str(info.registered_model_version)
+    champion_version, champion_value = _current_champion(client, cfg.model_name, cfg.promote_metric)
+    promote = should_promote(value, champion_value, cfg.greater_is_better, cfg.min_improvement)
+    for key, val in {f"metric.{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}.items():
+        client.set_model_version_tag(cfg.model_name, version, key, str(val))
+    decision = "promoted" if promote else "kept_champion"
+    tags = {"decision": decision, "promote_metric": cfg.promote_metric, "challenger_value": str(value),
+            "champion_version_before": str(champion_version), "champion_value_before": str(champion_value),
+            "min_improvement": str(cfg.min_improvement), "data_sha256": data_digest, "generator": params.model.name}
+    for key, val in tags.items():
+        client.set_model_version_tag(cfg.model_name, version, key, val)
+    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
+    if promote:
+        client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+    log.info("register: %s version %s (%s %.4f vs champion %s: %s) -> %s", cfg.model_name, version,
+             cfg.promote_metric, value, champion_version, champion_value, decision)
+    result = {"version": int(version), "promoted": promote, "run_id": run_id,
+              "champion_version": int(version) if promote else int(champion_version),
+              f"challenger_{cfg.promote_metric}": value, f"champion_{cfg.promote_metric}_before": champion_value}
+    write_json(cfg.metrics_path, result)
+    return result
+
+
+if __name__ == "__main__":
+    from tasks.cli import main
+
+    main(register)

@@ -1,0 +1,35 @@
+"""The MLflow connection shared by the stages that log (train and register)."""
+
+from __future__ import annotations
+
+import logging
+
+from tasks.params import RegisterParams
+
+log = logging.getLogger(__name__)
+
+
+def connect(cfg: RegisterParams) -> str:
+    """Point MLflow at `register.tracking_uri` and return the id of `register.experiment_name` (created if new)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(cfg.experiment_name)
+    if exp is not None:
+        return exp.experiment_id
+    cfg.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    return client.create_experiment(cfg.experiment_name, artifact_location=cfg.artifacts_dir.resolve().as_uri())
+
+
+def run_exists(run_id: str | None) -> bool:
+    """Return whether `run_id` names a run in the connected tracking store."""
+    import mlflow
+
+    if not run_id:
+        return False
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False

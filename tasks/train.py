@@ -1,0 +1,321 @@
+"""train: one generic trainer for every generator, resumable from its last checkpoint.
+
+The loop, per update: (1) set the learning rate (linear warmup, then cosine); (2) draw `grad_accum` micro-batches;
+(3) `model.train_step` does forward/backward and steps its optimizers (gradient clipping inside `step`);
+(4) every `log_interval` steps log the loss; (5) every `eval_interval` steps validate, keep the best weights and
+write a resumable checkpoint (weights, optimizer moments, every RNG state, step and data position).
+
+Checkpoints live under `train.checkpoint_dir/<key>/`, where the key digests the model, train params and data: a
+rerun with the same inputs resumes where a killed run stopped; any change starts afresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.base import Generator, TextGenerator, generator_class
+from tasks.checkpoint import load_checkpoint, save_checkpoint
+from tasks.io import atomic_path, sha256_file, write_json
+from tasks.params import Params, TrainParams
+from tasks.preprocess import META_FILE, load_tokens
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"  # inside train.out_dir: the MLflow run the training was logged to
+
+
+# ---------------------------------------------------------------------------------------------------- pure logic
+
+
+def lr_at(step: int, cfg: TrainParams) -> float:
+    """Return the learning rate for update `step` (0-based): linear warmup, then cosine to lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.max_steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def pick_device(requested: str) -> torch.device:
+    """Resolve `train.device`: auto prefers CUDA, then MPS, then CPU; an explicit device must exist."""
+    from tasks.errors import ParamsError
+
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if requested == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (requested == "cuda" and not cuda) or (requested == "mps" and not mps):
+        raise ParamsError(f"train.device: {requested!r} is not available on this machine; allowed values: auto, cpu"
+                          + (", cuda" if cuda else "") + (", mps" if mps else ""))
+    return torch.device(requested)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype: bf16 on CUDA under `auto`, none (fp32) elsewhere."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+class TokenWindows:
+    """Random (x, y) windows of `block_size` tokens from a token stream, drawn with an explicit generator.
+
+    The generator's state is the data position: saving and restoring it resumes the exact batch sequence."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, generator: torch.Generator,
+                 device: torch.device) -> None:
+        if len(tokens) <= block_size + 1:
+            from tasks.errors import DataError
+
+            raise DataError(f"{len(tokens)} tokens are too few for block_size={block_size}; add data or shorten it")
+        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        self.generator, self.device = generator, device
+
+    def __call__(self) -> tuple[Tensor, Tensor]:
+        starts = torch.randint(len(self.tokens) - self.block_size - 1, (self.batch_size,), generator=self.generator)
+        rows = np.stack([self.tokens[s : s + self.block_size + 1] for s in starts.tolist()]).astype(np.int64)
+        xy = torch.from_numpy(rows).to(self.device, non_blocking=True)
+        return xy[:, :-1], xy[:, 1:]  # (B, T) inputs and (B, T) next-token targets
+
+
+class Optimizers:
+    """The optimizers of one model plus the AMP and clipping policy; implements `models.base.Optimization`."""
+
+    def __init__(self, model: Generator, cfg: TrainParams, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.dtype = autocast_dtype(cfg.precision, device)
+        self.groups = model.optimizer_groups()
+        self.optimizers = {name: self._adamw(params) for name, params in self.groups.items()}
+
+    def _adamw(self, params: list[torch.nn.Parameter]) -> torch.optim.AdamW:
+        # Decay matrices (weights, embeddings) only; biases and norm gains are not regularised.
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2),
+                                 fused=self.device.type in ("cuda", "cpu"))
+
+    def set_lr(self, lr: float) -> None:
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: Tensor) -> None:
+        loss.backward()
+
+    def step(self, group: str) -> None:
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.groups[group], self.cfg.grad_clip)
+        self.optimizers[group].step()
+        self.optimizers[group].zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+
+def build_model(params: Params, vocab_size: int, eot_id: int) -> Generator:
+    """Instantiate the generator named by `model.name` from its params section and the data's vocabulary."""
+    cls = generator_class(params.model.name)
+    hparams = params.model.hparams.model_dump()
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    extra = {k: v for k, v in {"vocab_size": vocab_size, "eot_id": eot_id}.items() if k in fields}
+    return cls(cls.Config(**hparams, **extra))
+
+
+@torch.no_grad()
+def validation_loss(model: TextGenerator, tokens: np.ndarray, cfg: TrainParams, opt: Optimizers,
+                    device: torch.device) -> float:
+    """Return the mean loss over `eval_batches` windows of the validation stream, the same windows every time."""
+    windows = TokenWindows(tokens, model.block_size, cfg.batch_size,
+                           torch.Generator().manual_seed(cfg.seed + 1), device)
+    model.eval()
+    losses = []
+    for _ in range(cfg.eval_batches):
+        with opt.autocast():
+            losses.append(model.loss(windows()).item())
+    model.train()
+    return float(np.mean(losses))
+
+
+def run_key(params: Params, data_digest: str) -> str:
+    """Digest everything that determines the trained weights: model, training settings and data."""
+    train = params.train.model_dump(exclude={"out_dir", "checkpoint_dir", "metrics_path", "plots_path",
+                                             "log_interval", "device"})
+    blob = json.dumps({"model": params.model.model_dump(), "train": train, "data": data_digest}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------- stage
+
+
+def _rng_state(windows: TokenWindows) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "data": windows.generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], windows: TokenWindows) -> None:
+    torch.set_rng_state(state["torch"])
+    windows.generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _start_mlflow(params: Params, run_id: str | None) -> str | None:
+    """Open (or reopen, on resume) the MLflow run that receives live metrics; None if tracking is unavailable."""
+    try:
+        import mlflow
+
+        from tasks.tracking import connect, run_exists
+
+        experiment_id = connect(params.register)
+        run = mlflow.start_run(run_id=run_id if run_exists(run_id) else None, experiment_id=experiment_id,
+                               log_system_metrics=False)
+        if run_id is None or run.info.run_id != run_id:
+            flat = {f"model.{k}": v for k, v in params.model.hparams.model_dump().items()}
+            flat |= {"model.name": params.model.name}
+            flat |= {f"train.{k}": v for k, v in params.train.model_dump(mode="json").items()}
+            mlflow.log_params(flat)
+        return run.info.run_id
+    except Exception as exc:  # live metrics are a convenience; training must not fail because tracking did
+        log.warning("MLflow tracking unavailable, training continues without live metrics: %s", exc)
+        return None
+
+
+def _log_mlflow(metrics: dict[str, float], step: int, run_id: str | None) -> None:
+    if run_id is not None:
+        import mlflow
+
+        mlflow.log_metrics(metrics, step=step)
+
+
+def train(params: Params) -> dict:
+    """Train the chosen generator; write the best weights to `train.out_dir`, metrics and the loss curve."""
+    cfg = params.train
+    data_dir = params.preprocess.out_dir
+    meta = json.loads((data_dir / META_FILE).read_text(encoding="utf-8"))
+    digest = hashlib.sha256(b"".join(sha256_file(data_dir / f).encode() for f in
+                                     (META_FILE, "train.npy", "val.npy"))).hexdigest()
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    model = build_model(params, meta["vocab_size"], meta["eot_id"]).to(device)
+    opt = Optimizers(model, cfg, device)
+    windows = TokenWindows(load_tokens(data_dir, "train"), model.block_size, cfg.batch_size,
+                           torch.Generator().manual_seed(cfg.seed), device)
+    val_tokens = load_tokens(data_dir, "val")
+
+    ckpt_dir = cfg.checkpoint_dir / run_key(params, digest)
+    state = load_checkpoint(ckpt_dir / "last", model)
+    step, best_val, history, run_id = 0, math.inf, [], None
+    if state is not None:
+        opt.load_state_dict(state["optimizers"])
+        _set_rng_state(state["rng"], windows)
+        step, best_val, history, run_id = state["step"], state["best_val"], state["history"], state["run_id"]
+        log.info("train: resuming from %s at step %d", ckpt_dir / "last", step)
+    first_step = step
+    run_id = _start_mlflow(params, run_id)
+    try:
+        return _loop(params, model, opt, windows, val_tokens, device, ckpt_dir, step, best_val, history, run_id,
+                     first_step, meta)
+    except BaseException:
+        _end_mlflow(run_id, "FAILED")
+        raise
+
+
+def _end_mlflow(run_id: str | None, status: str = "FINISHED") -> None:
+    if run_id is not None:
+        import mlflow
+
+        mlflow.end_run(status=status)
+
+
+def _loop(params: Params, model: Generator, opt: Optimizers, windows: TokenWindows, val_tokens: np.ndarray,
+          device: torch.device, ckpt_dir: Path, step: int, best_val: float, history: list, run_id: str | None,
+          first_step: int, meta: dict) -> dict:
+    """Run updates from `step` to max_steps, then export the best weights and write metrics and plots."""
+    from tqdm import tqdm
+
+    cfg = params.train
+    log.info("train: %s with %.2fM parameters on %s%s, %d steps", model.name, model.n_params() / 1e6, device,
+             " (bf16 autocast)" if opt.dtype else "", cfg.max_steps)
+
+    start, tokens_per_step = time.perf_counter(), cfg.batch_size * cfg.grad_accum * model.block_size
+    window_loss: list[float] = []
+    model.train()
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", disable=None)
+    while step < cfg.max_steps:
+        opt.set_lr(lr_at(step, cfg))
+        metrics = model.train_step([windows() for _ in range(cfg.grad_accum)], opt)
+        window_loss.append(metrics["loss"])
+        step += 1
+        bar.update(1)
+        if step % cfg.log_interval == 0 or step == cfg.max_steps:
+            train_loss = float(np.mean(window_loss[-cfg.log_interval :]))
+            bar.set_postfix(loss=f"{train_loss:.3f}")
+            _log_mlflow({"train_loss": train_loss, "lr": lr_at(step - 1, cfg)}, step, run_id)
+        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+            val = validation_loss(model, val_tokens, cfg, opt, device)
+            train_loss = float(np.mean(window_loss))
+            window_loss = []
+            history.append({"step": step, "train_loss": round(train_loss, 5), "val_loss": round(val, 5)})
+            _log_mlflow({"val_loss": val}, step, run_id)
+            log.info("train: step %d/%d train_loss %.4f val_loss %.4f", step, cfg.max_steps, train_loss, val)
+            if val < best_val:
+                best_val = val
+                save_checkpoint(ckpt_dir / "best", model, {"step": step, "val_loss": val})
+            save_checkpoint(ckpt_dir / "last", model, {
+                "step": step, "best_val": best_val, "history": history, "run_id": run_id,
+                "optimizers": opt.state_dict(), "rng": _rng_state(windows)})
+    bar.close()
+    seconds, steps_run = time.perf_counter() - start, cfg.max_steps - first_step
+
+    best = build_model(params, meta["vocab_size"], meta["eot_id"])
+    best_state = load_checkpoint(ckpt_dir / "best", best)
+    with atomic_path(cfg.out_dir) as out:
+        best.save(out)
+        write_json(out / RUN_FILE, {"run_id": run_id})
+    metrics = {
+        "best_val_loss": round(best_val, 5),
+        "best_step": best_state["step"] if best_state else step,
+        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "n_params": model.n_params(),
+        "steps": cfg.max_steps,
+        "tokens_per_second": round(tokens_per_step * steps_run / seconds, 1) if steps_run else None,
+        "device": device.type,
+    }
+    write_json(cfg.metrics_path, metrics)
+    write_json(cfg.plots_path, history)
+    _end_mlflow(run_id)
+    log.info("train: done in %.1fs, best val_loss %.4f at step %s", seconds, best_val, metrics["best_step"])
+    return metrics
+
+
+if __name__ == "__main__":
+    from tasks.cli import main
+
+    main(train)
