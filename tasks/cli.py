@@ -17,8 +17,13 @@ DEBUG_ENV = "GENPIPE_DEBUG"  # set to 1 to see tracebacks for user errors
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Log `tasks` and `models` records to stderr as one line each."""
+    """Log the project's records (`tasks`, `flows`, `models`) to stderr as one line each.
+
+    Levels are set on the project's loggers, not only the root: Prefect sets the root logger to WARNING and
+    attaches its own handlers (console and UI) to the loggers named in PREFECT_LOGGING_EXTRA_LOGGERS."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("tasks", "flows", "models", "__main__"):
+        logging.getLogger(name).setLevel(level)
     for noisy in ("httpx", "urllib3", "alembic", "mlflow", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -1,0 +1,79 @@
+"""`dvc repro`, `dvc exp run` and the Prefect flow on a fresh copy of the project: one cache of record."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+ALL_STAGES = {"ingest", "clean", "preprocess", "train", "evaluate", "register"}
+
+
+def test_repro_trains_a_model_that_beats_the_unigram_baseline(built):
+    metrics = json.loads((built.root / "metrics/evaluate.json").read_text())
+    assert metrics["test_bpb"] < 0.8 * metrics["test_unigram_bpb"]
+    assert metrics["test_perplexity"] > 1
+    samples = (built.root / "artifacts/evaluate/samples.jsonl").read_text().splitlines()
+    assert len(samples) == 2 and all(json.loads(s)["text"] for s in samples)
+    assert "up to date" in built.run("dvc", "status").stdout
+
+
+def test_second_repro_runs_nothing(built):
+    out = built.run("dvc", "repro").stdout
+    assert "Running stage" not in out
+    for stage in ALL_STAGES:
+        assert f"Stage '{stage}' didn't change" in out
+
+
+def test_flow_after_repro_reexecutes_no_stage(built):
+    assert built.flow() == set()
+    assert "up to date" in built.run("dvc", "status").stdout
+
+
+def test_flow_reruns_exactly_the_stages_a_param_change_affects(built):
+    built.set_params({"evaluate": {"n_samples": 3}})
+    assert built.flow() == {"evaluate", "register"}
+    assert "up to date" in built.run("dvc", "status").stdout
+    lock = yaml.safe_load((built.root / "dvc.lock").read_text())
+    assert lock["stages"]["evaluate"]["params"]["params.yaml"]["evaluate"]["n_samples"] == 3
+
+    built.set_params({"preprocess": {"vocab_size": 500}})
+    assert built.flow() == {"preprocess", "train", "evaluate", "register"}
+
+    # No document is near a million characters: clean reruns, its output is byte-identical, and DVC's content
+    # hashes stop the change there.
+    built.set_params({"clean": {"max_chars": 999_999}})
+    assert built.flow() == {"clean"}
+    assert "up to date" in built.run("dvc", "status").stdout
+
+
+def test_exp_run_with_a_set_param_is_listed_by_exp_show(built):
+    built.run("git", "add", "-A")
+    built.run("git", "commit", "-qm", "baseline")
+    built.run("dvc", "exp", "run", "-S", "train.max_steps=20", "-n", "short")
+    shown = json.loads(built.run("dvc", "exp", "show", "--json").stdout)
+    text = json.dumps(shown)
+    assert "short" in text and "test_bpb" in text and "max_steps" in text
+
+
+def test_missing_source_fails_with_one_line_and_nothing_valid_left(built):
+    built.set_params({"ingest": {"sources": ["no/such/dir/*.txt"]}})
+    proc = built.run("dvc", "repro", check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ingest:")]
+    assert errors == ["error: ingest: source 'no/such/dir/*.txt': the glob matches no .txt, .md or .jsonl files"]
+    assert "Traceback" not in proc.stderr
+    status = built.run("dvc", "status").stdout
+    assert "ingest" in status and "up to date" not in status  # nothing DVC would take as the new valid output
+
+
+def test_bad_params_stop_the_flow_with_exit_code_2(built):
+    built.set_params({"ingest": {"sources": ["embedded:pydoc"]}, "model": {"name": "transformer-xl"}})
+    proc = built.run(sys.executable, "-m", "flows.pipeline", check=False)
+    assert proc.returncode == 2
+    assert "error: pipeline: params.yaml: model.name: 'transformer-xl' is not allowed; allowed values: 'gpt'" \
+        in proc.stderr

@@ -1,0 +1,115 @@
+"""The MLflow registry as consumers use it: `models:/NAME@champion`, the champion gate, and HTTP serving."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def client(built):
+    import mlflow
+
+    mlflow.set_tracking_uri(built.tracking_uri())
+    return mlflow.MlflowClient()
+
+
+def model_name(project) -> str:
+    return project.params["register"]["model_name"]
+
+
+def test_champion_loads_by_alias_and_generates_seeded_text(built, client):
+    import mlflow
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(f"models:/{model_name(built)}@champion")
+    request = pd.DataFrame([{"prompt": "The value of", "max_new_tokens": 12, "temperature": 0.8, "top_k": 20,
+                             "seed": 7}])
+    first, again = model.predict(request), model.predict(request)
+    assert isinstance(first["text"][0], str) and first["text"][0]
+    assert first["text"][0] == again["text"][0]  # same seed, same text
+    other = model.predict(request.assign(seed=8))
+    assert list(other.columns) == ["text"]
+    version = client.get_model_version_by_alias(model_name(built), "champion")
+    assert version.tags["decision"] == "promoted"
+    assert float(version.tags["metric.test_bpb"]) > 0
+    run = client.get_run(version.run_id)
+    assert "val_loss" in run.data.metrics and "test_bpb" in run.data.metrics
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
+
+
+def test_worse_challenger_does_not_take_champion(built, client):
+    name = model_name(built)
+    champion = client.get_model_version_by_alias(name, "champion")
+    built.set_params({"train": {"max_steps": 2, "warmup_steps": 1, "eval_interval": 1}})
+    built.run("dvc", "repro")
+    challenger = client.get_model_version_by_alias(name, "challenger")
+    assert int(challenger.version) > int(champion.version)
+    assert client.get_model_version_by_alias(name, "champion").version == champion.version
+    assert challenger.tags["decision"] == "kept_champion"
+    assert float(challenger.tags["challenger_value"]) > float(challenger.tags["champion_value_before"])
+    decision = json.loads((built.root / "metrics/register.json").read_text())
+    assert decision["promoted"] is False and decision["champion_version"] == int(champion.version)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(built):
+    port = free_port()
+    env = dict(built.env, MLFLOW_TRACKING_URI=built.tracking_uri())
+    proc = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", f"models:/{model_name(built)}@champion", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=built.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow models serve exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow models serve did not answer /ping within 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_served_champion_answers_a_prompt_over_http(server):
+    body = {"dataframe_records": [{"prompt": "A function", "max_new_tokens": 10, "seed": 3, "temperature": 0.7}]}
+    first = requests.post(f"{server}/invocations", json=body, timeout=60)
+    assert first.status_code == 200, first.text
+    predictions = first.json()["predictions"]
+    assert isinstance(predictions[0]["text"], str) and predictions[0]["text"]
+    again = requests.post(f"{server}/invocations", json=body, timeout=60).json()["predictions"]
+    assert again == predictions
+    only_prompt = requests.post(f"{server}/invocations", json={"dataframe_records": [{"prompt": "x"}]}, timeout=60)
+    assert only_prompt.status_code == 200, only_prompt.text
+
+
+@pytest.mark.parametrize("record, needle", [
+    ({"prompt": "x", "max_new_tokens": 100000}, "max_new_tokens"),
+    ({"prompt": "x", "temperature": -1.0}, "temperature"),
+    ({"max_new_tokens": 5}, "prompt"),
+])
+def test_bad_requests_get_http_400_naming_the_field_and_the_server_stays_up(server, record, needle):
+    resp = requests.post(f"{server}/invocations", json={"dataframe_records": [record]}, timeout=60)
+    assert resp.status_code == 400, resp.text
+    assert needle in resp.json()["message"]
+    assert requests.get(f"{server}/ping", timeout=5).status_code == 200
