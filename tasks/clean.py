@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 CLEAN_FILE = "documents.jsonl"  # inside clean.out_dir
 
 _SPACES = re.compile(r"[^\S\n]+")  # runs of whitespace other than newlines
+_INDENT = re.compile(r"^[ \t]*")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
@@ -29,10 +30,17 @@ def strip_controls(text: str) -> tuple[str, int]:
 
 
 def normalize(text: str) -> tuple[str, int]:
-    """Return NFC text with controls stripped and whitespace normalised, plus the count of controls removed."""
+    """Return NFC text with controls stripped and whitespace normalised, plus the count of controls removed.
+
+    Leading indentation is kept (tabs as 4 spaces) because it carries meaning in code and lists; runs of
+    whitespace inside a line collapse to one space; trailing whitespace and surplus blank lines go."""
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
     text, n_controls = strip_controls(text)
-    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    lines = []
+    for line in text.split("\n"):
+        lead = _INDENT.match(line).group()
+        body = _SPACES.sub(" ", line[len(lead):]).strip()
+        lines.append(lead.replace("\t", "    ") + body if body else "")
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip(), n_controls
 
 

@@ -73,7 +73,7 @@ def decode_utf8(data: bytes, where: str) -> str:
 def parse_jsonl(text: str, field: str, where: str) -> list[str]:
     """Return the `field` of every JSON line; raise DataError naming the line on malformed input."""
     texts = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may sit in a string
         if not line.strip():
             continue
         try:

@@ -59,8 +59,17 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def _missing_input(path: Path) -> Exception:
+    from tasks.errors import DataError
+
+    return DataError(f"input {path} does not exist: run the stages before this one first (`dvc repro`)")
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _missing_input(path) from None
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -69,8 +78,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh.read().split("\n") if line.strip()]
+    except FileNotFoundError:
+        raise _missing_input(path) from None
 
 
 def sha256_bytes(data: bytes) -> str:

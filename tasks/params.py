@@ -38,7 +38,7 @@ ProjectPath = Annotated[Path, AfterValidator(_resolve)]
 class Section(BaseModel):
     """A params.yaml section: unknown keys are errors, values are immutable once loaded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class IngestParams(Section):
@@ -90,7 +90,7 @@ class GPTParams(Section):
 
 class ModelParams(Section):
     name: Literal["gpt"] = "gpt"  # which generator trains; its hyper-parameters live in the section of that name
-    gpt: GPTParams = GPTParams()
+    gpt: GPTParams = Field(default_factory=dict)
 
     @property
     def hparams(self) -> Section:
@@ -173,13 +173,13 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "register"')
 
     class Params(Section):
-        ingest: IngestParams = IngestParams()
-        clean: CleanParams = CleanParams()
-        preprocess: PreprocessParams = PreprocessParams()
-        model: ModelParams = ModelParams()
-        train: TrainParams = TrainParams()
-        evaluate: EvaluateParams = EvaluateParams()
-        register: RegisterParams = RegisterParams()
+        ingest: IngestParams = Field(default_factory=dict)
+        clean: CleanParams = Field(default_factory=dict)
+        preprocess: PreprocessParams = Field(default_factory=dict)
+        model: ModelParams = Field(default_factory=dict)
+        train: TrainParams = Field(default_factory=dict)
+        evaluate: EvaluateParams = Field(default_factory=dict)
+        register: RegisterParams = Field(default_factory=dict)
         root: Path = Field(default=Path("."), exclude=True)  # the project directory (set by the loader)
         
 
@@ -211,6 +211,8 @@ def parse_params(data: Any, root: Path, source: str = PARAMS_FILE) -> Params:
         data = {}
     if not isinstance(data, dict):
         raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    if "root" in data:  # set by the loader, never by the file
+        raise ParamsError(f"{source}: root: unknown key; allowed keys: {', '.join(_allowed_keys(Params, ('root',)))}")
     try:
         return Params.model_validate({**data, "root": root}, context={"root": root})
     except ValidationError as exc:

@@ -1,0 +1,528 @@
+"""The data stages run for real on tiny inputs: ingest (every source kind), clean and preprocess."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.clean import CLEAN_FILE, clean
+from tasks.errors import DataError
+from tasks.ingest import CORPUS_FILE, MANIFEST_FILE, ingest
+from tasks.io import read_json, read_jsonl
+from tasks.preprocess import EOT, META_FILE, SPLITS, TOKENIZER_FILE, preprocess, split_of, stream_bytes, train_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write(path: Path, data: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data, encoding="utf-8")
+    return path
+
+
+def corpus(params) -> list[dict]:
+    return read_jsonl(params.ingest.out_dir / CORPUS_FILE)
+
+
+def manifest(params) -> dict:
+    return read_json(params.ingest.out_dir / MANIFEST_FILE)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+LONG = "This paragraph is long enough to survive cleaning with the default minimum of sixty-four characters."
+
+
+# ---------------------------------------------------------------------------------------------------- ingest: local
+
+
+def test_ingest_reads_txt_md_and_jsonl_files_with_provenance(project):
+    a = write(project.path("data/inputs/a.txt"), "Plain text document.\nSecond line.\n")
+    b = write(project.path("data/inputs/b.md"), "# Title\n\nMarkdown caf\u00e9 \U0001f389 body.\n")
+    c = write(project.path("data/inputs/c.jsonl"),
+              '{"text": "row one"}\n{"text": "row two", "id": 2}\n\n{"text": "row three"}\n')
+    sources = ["data/inputs/a.txt", "data/inputs/b.md", "data/inputs/c.jsonl"]
+    params = project.make_params(ingest={"sources": sources})
+
+    returned = ingest(params)
+
+    rows = corpus(params)
+    assert [r["text"] for r in rows] == [a.read_text(), b.read_text(), "row one", "row two", "row three"]
+    assert [r["source"] for r in rows] == [sources[0], sources[1], sources[2], sources[2], sources[2]]
+    m = manifest(params)
+    assert m["n_documents"] == 5
+    assert m["sources"] == [
+        {"uri": str(p), "n_documents": n, "n_bytes": p.stat().st_size, "sha256": sha256(p)}
+        for p, n in ((a, 1), (b, 1), (c, 3))
+    ]
+    assert m["corpus_sha256"] == sha256(params.ingest.out_dir / CORPUS_FILE)
+    metrics = read_json(project.path("metrics/ingest.json"))
+    assert metrics == returned
+    assert metrics["n_documents"] == 5
+    assert metrics["n_sources"] == 3
+    assert metrics["n_bytes"] == sum(p.stat().st_size for p in (a, b, c))
+    assert metrics["corpus_sha256"] == m["corpus_sha256"]
+    assert metrics["seconds"] >= 0
+
+
+def test_ingest_directory_reads_supported_files_recursively_in_sorted_order(project):
+    write(project.path("data/inputs/b.txt"), "bee")
+    write(project.path("data/inputs/a/z.md"), "zed")
+    write(project.path("data/inputs/a/rows.jsonl"), '{"text": "row"}\n')
+    write(project.path("data/inputs/skip.csv"), "not,read\n")
+    write(project.path("data/inputs/skip.bin"), b"\xff\xfe")
+    params = project.make_params(ingest={"sources": ["data/inputs"]})
+
+    ingest(params)
+
+    assert [r["text"] for r in corpus(params)] == ["row", "zed", "bee"]
+    assert {r["source"] for r in corpus(params)} == {"data/inputs"}
+    uris = [s["uri"] for s in manifest(params)["sources"]]
+    assert uris == [str(project.path(p)) for p in ("data/inputs/a/rows.jsonl", "data/inputs/a/z.md",
+                                                   "data/inputs/b.txt")]
+
+
+def test_ingest_glob_selects_matching_files(project):
+    write(project.path("data/inputs/one.md"), "one")
+    write(project.path("data/inputs/deep/two.md"), "two")
+    write(project.path("data/inputs/three.txt"), "three")
+    params = project.make_params(ingest={"sources": ["data/inputs/**/*.md"]})
+
+    ingest(params)
+
+    assert sorted(r["text"] for r in corpus(params)) == ["one", "two"]
+    assert manifest(params)["n_documents"] == 2
+
+
+def test_ingest_absolute_path_and_several_sources_in_order(project, tmp_path_factory):
+    outside = write(tmp_path_factory.mktemp("outside") / "doc.txt", "outside the project")
+    write(project.path("data/inputs/in.txt"), "inside the project")
+    params = project.make_params(ingest={"sources": ["data/inputs/in.txt", str(outside)]})
+
+    ingest(params)
+
+    assert [r["text"] for r in corpus(params)] == ["inside the project", "outside the project"]
+    assert [s["uri"] for s in manifest(params)["sources"]] == [str(project.path("data/inputs/in.txt")), str(outside)]
+
+
+def test_ingest_warns_about_files_outside_inputs_dir(project, caplog):
+    write(project.path("elsewhere/doc.txt"), "not watched by DVC")
+    params = project.make_params(ingest={"sources": ["elsewhere/doc.txt"]})
+
+    with caplog.at_level("WARNING", logger="tasks.ingest"):
+        ingest(params)
+
+    assert any("outside ingest.inputs_dir" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("files", "source", "expected"),
+    [
+        ({}, "data/inputs/nope.txt", "source 'data/inputs/nope.txt': no such file or directory"),
+        ({}, "missing_dir/*.txt", "source 'missing_dir/*.txt': the glob matches no .txt, .md or .jsonl files"),
+        ({"data/inputs/x.csv": "a,b"}, "data/inputs/x.csv",
+         "source 'data/inputs/x.csv': unsupported file type '.csv'; use .txt, .md or .jsonl"),
+        ({"data/inputs/x.csv": "a,b"}, "data/inputs", "source 'data/inputs': directory has no .jsonl/.md/.txt files"),
+        ({}, "embedded:wiki", "source 'embedded:wiki': unknown embedded corpus; allowed: embedded:pydoc"),
+    ],
+)
+def test_ingest_unusable_source_is_named_in_the_error(project, files, source, expected):
+    for name, text in files.items():
+        write(project.path(name), text)
+    params = project.make_params(ingest={"sources": [source]})
+
+    with pytest.raises(DataError) as info:
+        ingest(params)
+
+    assert str(info.value) == expected
+    assert not params.ingest.out_dir.exists()
+    assert not params.ingest.metrics_path.exists()
+
+
+def test_ingest_zero_byte_file_is_an_error(project):
+    empty = write(project.path("data/inputs/empty.txt"), b"")
+    params = project.make_params(ingest={"sources": ["data/inputs/empty.txt"]})
+
+    with pytest.raises(DataError) as info:
+        ingest(params)
+
+    assert str(info.value) == f"source file {empty} is empty (0 bytes)"
+    assert not params.ingest.out_dir.exists()
+
+
+def test_ingest_invalid_utf8_file_is_an_error(project):
+    bad = write(project.path("data/inputs/latin1.txt"), "na\u00efve".encode("latin-1"))
+    params = project.make_params(ingest={"sources": ["data/inputs"]})
+
+    with pytest.raises(DataError) as info:
+        ingest(params)
+
+    assert str(info.value) == f"{bad} is not valid UTF-8 (byte 2: b'\\xef')"
+
+
+def test_ingest_malformed_jsonl_names_file_and_line(project):
+    rows = write(project.path("data/inputs/rows.jsonl"), '{"text": "a"}\n{"txt": "b"}\n')
+    params = project.make_params(ingest={"sources": ["data/inputs/rows.jsonl"]})
+
+    with pytest.raises(DataError, match=f"^{rows}:2: expected an object with a string field 'text'$"):
+        ingest(params)
+
+
+def test_failed_ingest_leaves_the_previous_output_untouched(project):
+    write(project.path("data/inputs/good.txt"), "good document")
+    params = project.make_params(ingest={"sources": ["data/inputs/good.txt"]})
+    ingest(params)
+    before = snapshot(params.ingest.out_dir)
+    metrics_before = params.ingest.metrics_path.read_bytes()
+
+    write(project.path("data/inputs/bad.txt"), b"\xff")
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        ingest(project.make_params(ingest={"sources": ["data/inputs/good.txt", "data/inputs/bad.txt"]}))
+
+    assert snapshot(params.ingest.out_dir) == before
+    assert params.ingest.metrics_path.read_bytes() == metrics_before
+    assert sorted(p.name for p in params.ingest.out_dir.parent.iterdir()) == ["inputs", "raw"]  # no temp dirs
+
+
+def test_ingest_rerun_replaces_the_output(project):
+    write(project.path("data/inputs/a.txt"), "first version")
+    params = project.make_params(ingest={"sources": ["data/inputs/a.txt"]})
+    ingest(params)
+    write(project.path("data/inputs/a.txt"), "second version")
+
+    ingest(params)
+
+    assert [r["text"] for r in corpus(params)] == ["second version"]
+    assert sorted(p.name for p in params.ingest.out_dir.iterdir()) == [CORPUS_FILE, MANIFEST_FILE]
+
+
+# ---------------------------------------------------------------------------------------------------- ingest: http
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 (signature of the base class)
+        pass
+
+
+@pytest.fixture
+def http_server(tmp_path, monkeypatch):
+    """Serve `<tmp_path>/www` on localhost; yield (directory, base URL)."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    www = tmp_path / "www"
+    www.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(www)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_ingest_http_urls(project, http_server):
+    www, base = http_server
+    page = write(www / "page.txt", "Served over HTTP: caf\u00e9.\n")
+    rows = write(www / "rows.jsonl", '{"text": "remote one"}\n{"text": "remote two"}\n')
+    urls = [f"{base}/page.txt", f"{base}/rows.jsonl"]
+    params = project.make_params(ingest={"sources": urls})
+
+    ingest(params)
+
+    assert [r["text"] for r in corpus(params)] == [page.read_text(), "remote one", "remote two"]
+    assert [r["source"] for r in corpus(params)] == [urls[0], urls[1], urls[1]]
+    assert manifest(params)["sources"] == [
+        {"uri": urls[0], "n_documents": 1, "n_bytes": page.stat().st_size, "sha256": sha256(page)},
+        {"uri": urls[1], "n_documents": 2, "n_bytes": rows.stat().st_size, "sha256": sha256(rows)},
+    ]
+
+
+def test_ingest_http_404_is_an_error_naming_url_and_status(project, http_server):
+    _, base = http_server
+    url = f"{base}/missing.txt"
+    params = project.make_params(ingest={"sources": [url]})
+
+    with pytest.raises(DataError) as info:
+        ingest(params)
+
+    assert str(info.value).startswith(f"source {url!r}: HTTP 404")
+    assert not params.ingest.out_dir.exists()
+
+
+def test_ingest_unreachable_url_is_an_error(project, monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/corpus.txt"
+    params = project.make_params(ingest={"sources": [url], "timeout_s": 5})
+
+    with pytest.raises(DataError, match=rf"^source '{url}': could not fetch \("):
+        ingest(params)
+
+
+# ---------------------------------------------------------------------------------------------------- ingest: hf
+
+
+def test_ingest_hugging_face_dataset_saved_to_disk(project):
+    import datasets
+
+    texts = ["first hf document", "second hf document \u00e9", "third"]
+    saved = project.path("hf_ds")
+    datasets.Dataset.from_dict({"text": texts, "label": [0, 1, 0]}).save_to_disk(str(saved))
+    params = project.make_params(ingest={"sources": [f"hf:{saved}"]})
+
+    ingest(params)
+
+    assert [r["text"] for r in corpus(params)] == texts
+    assert {r["source"] for r in corpus(params)} == {f"hf:{saved}"}
+    (record,) = manifest(params)["sources"]
+    raw = "\n".join(texts).encode("utf-8")
+    assert record == {"uri": f"hf:{saved}", "n_documents": 3, "n_bytes": len(raw),
+                      "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def test_ingest_hugging_face_dataset_dict_split_and_field(project):
+    import datasets
+
+    saved = project.path("hf_dict")
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"body": ["train row"]}),
+        "validation": datasets.Dataset.from_dict({"body": ["val row a", "val row b"]}),
+    }).save_to_disk(str(saved))
+
+    params = project.make_params(ingest={"sources": [f"hf:{saved}:validation"], "text_field": "body"})
+    ingest(params)
+    assert [r["text"] for r in corpus(params)] == ["val row a", "val row b"]
+
+    with pytest.raises(DataError, match=r"no split 'test'; available: train, validation"):
+        ingest(project.make_params(ingest={"sources": [f"hf:{saved}:test"], "text_field": "body"}))
+    with pytest.raises(DataError, match=r"no column 'text'; columns: body"):
+        ingest(project.make_params(ingest={"sources": [f"hf:{saved}"], "text_field": "text"}))
+
+
+def test_ingest_hugging_face_dataset_that_cannot_load_is_an_error(project):
+    params = project.make_params(ingest={"sources": ["hf:no-such-user/no-such-dataset-for-tests"]})
+    with pytest.raises(DataError, match=r"^source 'hf:no-such-user/no-such-dataset-for-tests': could not load dataset"):
+        ingest(params)
+
+
+# ---------------------------------------------------------------------------------------------------- ingest: embedded
+
+
+def test_ingest_embedded_pydoc(project):
+    params = project.make_params(ingest={"sources": ["embedded:pydoc"]})
+
+    metrics = ingest(params)
+
+    rows = corpus(params)
+    assert 200 <= len(rows) <= 5000
+    assert {r["source"] for r in rows} == {"embedded:pydoc"}
+    assert sum(len(r["text"]) >= 1000 for r in rows) >= 0.9 * len(rows)
+    (record,) = manifest(params)["sources"]
+    assert record["uri"] == "embedded:pydoc"
+    assert record["n_documents"] == len(rows)
+    assert record["n_bytes"] > 100_000
+    assert len(record["sha256"]) == 64 and int(record["sha256"], 16) >= 0
+    assert metrics["n_bytes"] == record["n_bytes"]
+    assert metrics["n_documents"] == len(rows)
+
+
+# ---------------------------------------------------------------------------------------------------- clean
+
+
+def test_clean_writes_documents_and_counts(project):
+    rows = [LONG, "  " + LONG.replace(" ", "   ") + "\n\n\n", "too short", "", LONG + " Different.",
+            LONG + "\x00 With a control."]
+    write(project.path("data/inputs/rows.jsonl"), "".join(json.dumps({"text": r}) + "\n" for r in rows))
+    params = project.make_params(ingest={"sources": ["data/inputs/rows.jsonl"]})
+    ingest(params)
+
+    returned = clean(params)
+
+    kept = [r["text"] for r in read_jsonl(params.clean.out_dir / CLEAN_FILE)]
+    assert kept == [LONG, LONG + " Different.", LONG + " With a control."]
+    metrics = read_json(project.path("metrics/clean.json"))
+    assert metrics == returned
+    assert metrics["documents_in"] == 6
+    assert metrics["documents_out"] == 3
+    assert metrics["dropped_duplicate"] == 1
+    assert metrics["dropped_too_short"] == 1
+    assert metrics["dropped_empty"] == 1
+    assert metrics["dropped_too_long"] == 0
+    assert metrics["control_chars_removed"] == 1
+    assert metrics["chars_out"] == sum(len(t) for t in kept)
+
+
+def test_clean_empty_corpus_is_an_error_and_creates_no_output(project):
+    project.write_corpus(20)
+    params = project.make_params(clean={"min_chars": 1_000_000, "max_chars": 2_000_000})
+    ingest(params)
+
+    with pytest.raises(DataError) as info:
+        clean(params)
+
+    message = str(info.value)
+    assert message.startswith("the corpus is empty after cleaning: 20 documents in")
+    assert "20 shorter than clean.min_chars=1000000" in message
+    assert not params.clean.out_dir.exists()
+    assert not params.clean.metrics_path.exists()
+    assert sorted(p.name for p in project.path("data").iterdir()) == ["inputs", "raw"]
+
+
+def test_clean_empty_corpus_leaves_the_previous_output_untouched(project):
+    project.write_corpus(20)
+    params = project.make_params()
+    ingest(params)
+    clean(params)
+    before = snapshot(params.clean.out_dir)
+    metrics_before = params.clean.metrics_path.read_bytes()
+
+    with pytest.raises(DataError, match="empty after cleaning"):
+        clean(project.make_params(clean={"min_chars": 1_000_000, "max_chars": 2_000_000}))
+
+    assert snapshot(params.clean.out_dir) == before
+    assert params.clean.metrics_path.read_bytes() == metrics_before
+
+
+# ---------------------------------------------------------------------------------------------------- preprocess
+
+
+def run_data_stages(params) -> dict:
+    ingest(params)
+    clean(params)
+    return preprocess(params)
+
+
+def test_preprocess_writes_tokenizer_streams_and_meta(project, make_documents):
+    docs = project.write_corpus(200)
+    params = project.make_params()
+
+    metrics = run_data_stages(params)
+
+    from tokenizers import Tokenizer
+
+    out = params.preprocess.out_dir
+    assert sorted(p.name for p in out.iterdir()) == sorted([TOKENIZER_FILE, META_FILE, "train.npy", "val.npy",
+                                                            "test.npy"])
+    tok = Tokenizer.from_file(str(out / TOKENIZER_FILE))
+    meta = read_json(out / META_FILE)
+    assert meta["vocab_size"] == tok.get_vocab_size() == 300
+    assert meta["eot_id"] == tok.token_to_id(EOT) == 0
+    assert meta["tokenizer"] == "bpe"
+    assert meta["dtype"] == "uint16"
+
+    expected = {s: [d for d in docs if split_of(d, 0.1, 0.1) == s] for s in SPLITS}
+    assert all(expected[s] for s in SPLITS)
+    for split in SPLITS:
+        tokens = np.load(out / f"{split}.npy", mmap_mode="r")
+        assert isinstance(tokens, np.memmap)
+        assert tokens.dtype == np.uint16
+        assert meta[split]["n_tokens"] == tokens.size
+        assert meta[split]["n_documents"] == len(expected[split])
+        assert meta[split]["n_bytes"] == stream_bytes(expected[split])
+        assert 0 < meta[split]["byte_entropy_bits"] < 8
+        # the stream is `EOT doc EOT doc ...` and decodes back to exactly the split's documents
+        starts = np.flatnonzero(np.asarray(tokens) == 0).tolist()
+        assert starts[0] == 0 and len(starts) == len(expected[split])
+        pieces = np.split(np.asarray(tokens), starts[1:])
+        assert [tok.decode(p[1:].tolist()) for p in pieces] == expected[split]
+
+    assert read_json(project.path("metrics/preprocess.json")) == metrics
+    assert metrics["vocab_size"] == 300
+    assert sum(metrics[f"{s}_n_documents"] for s in SPLITS) == 200
+    assert metrics["train_n_tokens"] == meta["train"]["n_tokens"]
+    assert 1.0 < metrics["bytes_per_token"] == round(meta["train"]["n_bytes"] / meta["train"]["n_tokens"], 4)
+
+
+def test_preprocess_is_reproducible(project):
+    project.write_corpus(200)
+    params = project.make_params()
+    run_data_stages(params)
+    first = snapshot(params.preprocess.out_dir)
+
+    preprocess(params)
+
+    assert snapshot(params.preprocess.out_dir) == first
+
+
+def test_tokenizer_is_trained_on_the_train_split_only(project, make_documents):
+    """A word repeated only in test documents would become merged tokens if test data leaked into training."""
+    docs = make_documents(200)
+    assert not any(c in d for d in docs for c in "qzjx")  # the generated corpus never uses these letters
+    markers, k = [], 0
+    while len(markers) < 3:
+        doc = f"Marker {k}. " + " ".join(["qzjx"] * 300)
+        if split_of(doc, 0.1, 0.1) == "test":
+            markers.append(doc)
+        k += 1
+    write(project.path("data/inputs/rows.jsonl"), "".join(json.dumps({"text": d}) + "\n" for d in docs + markers))
+    params = project.make_params(ingest={"sources": ["data/inputs/rows.jsonl"]})
+
+    run_data_stages(params)
+
+    from tokenizers import Tokenizer
+
+    def merged_marker_tokens(tokenizer) -> list[str]:
+        return [t for t in tokenizer.get_vocab() if t != EOT and len(t) > 1 and any(c in t for c in "qzjx")]
+
+    # the check can fail: trained on every document, the tokenizer does learn the marker
+    assert merged_marker_tokens(train_tokenizer(docs + markers, 300))
+    tok = Tokenizer.from_file(str(params.preprocess.out_dir / TOKENIZER_FILE))
+    assert merged_marker_tokens(tok) == []
+    assert len(tok.encode(" qzjx").ids) == len(" qzjx")  # one byte token per character
+    assert read_json(params.preprocess.out_dir / META_FILE)["test"]["n_documents"] >= 3
+
+
+def test_preprocess_too_few_documents_is_an_error(project):
+    project.write_corpus(3)
+    params = project.make_params()
+    ingest(params)
+    clean(params)
+
+    with pytest.raises(DataError, match=r"is empty: 3 documents are too few for preprocess.val_fraction=0.1"):
+        preprocess(params)
+
+    assert not params.preprocess.out_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- as processes
+
+
+def test_data_stages_run_as_processes_from_the_project_params_file(project):
+    project.write_corpus(200)
+    project.make_params()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+    for stage in ("ingest", "clean", "preprocess"):
+        proc = subprocess.run([sys.executable, "-m", f"tasks.{stage}"], cwd=project.root, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "error:" not in proc.stderr
+
+    meta = read_json(project.path("data/processed", META_FILE))
+    assert sum(meta[s]["n_documents"] for s in SPLITS) == 200
+    assert read_json(project.path("metrics/clean.json"))["documents_out"] == 200

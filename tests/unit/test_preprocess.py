@@ -1,0 +1,168 @@
+"""preprocess's pure logic: hash splits, the byte-level BPE tokenizer, stream layout and byte statistics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tasks.errors import DataError
+from tasks.params import PreprocessParams
+from tasks.preprocess import (
+    EOT,
+    SPLITS,
+    byte_entropy,
+    encode_stream,
+    split_documents,
+    split_of,
+    stream_bytes,
+    train_tokenizer,
+)
+
+DOCS = [f"document number {i}: some words about item {i * 7 % 13}" for i in range(2000)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(make_documents):
+    return train_tokenizer(make_documents(100), vocab_size=300)
+
+
+# ---------------------------------------------------------------------------------------------------- splits
+
+
+def test_split_of_is_deterministic():
+    assert [split_of(d, 0.1, 0.1) for d in DOCS] == [split_of(d, 0.1, 0.1) for d in DOCS]
+    assert all(split_of(d, 0.1, 0.1) in SPLITS for d in DOCS)
+
+
+def test_split_of_follows_the_fractions_roughly():
+    counts = {s: 0 for s in SPLITS}
+    for d in DOCS:
+        counts[split_of(d, 0.1, 0.2)] += 1
+    assert 0.07 < counts["val"] / len(DOCS) < 0.13
+    assert 0.17 < counts["test"] / len(DOCS) < 0.23
+
+
+def test_split_of_depends_on_content_only():
+    assert split_of("same text", 0.3, 0.3) == split_of("same" + " text", 0.3, 0.3)
+
+
+def test_split_is_stable_when_documents_are_added_or_reordered():
+    cfg = PreprocessParams(val_fraction=0.1, test_fraction=0.1)
+    before = split_documents(DOCS[:500], cfg)
+    after = split_documents(list(reversed(DOCS)) + [f"a new document {i}" for i in range(300)], cfg)
+
+    for split in SPLITS:
+        assert set(before[split]) <= set(after[split]), split
+
+
+def test_split_documents_partitions_every_document_once_in_order():
+    cfg = PreprocessParams(val_fraction=0.1, test_fraction=0.1)
+    splits = split_documents(DOCS, cfg)
+    assert sorted(d for s in SPLITS for d in splits[s]) == sorted(DOCS)
+    for split in SPLITS:
+        assert splits[split] == [d for d in DOCS if split_of(d, 0.1, 0.1) == split]
+
+
+def test_split_documents_raises_on_an_empty_split():
+    cfg = PreprocessParams(val_fraction=0.01, test_fraction=0.01)
+    docs = [d for d in DOCS if split_of(d, 0.01, 0.01) == "train"][:5]
+    with pytest.raises(DataError) as info:
+        split_documents(docs, cfg)
+    message = str(info.value)
+    assert "val/test is empty" in message
+    assert "5 documents" in message
+    assert "preprocess.val_fraction=0.01" in message and "preprocess.test_fraction=0.01" in message
+
+
+def test_split_documents_names_only_the_empty_split():
+    cfg = PreprocessParams(val_fraction=0.1, test_fraction=0.1)
+    docs = [d for d in DOCS if split_of(d, 0.1, 0.1) != "val"][:300]
+    with pytest.raises(DataError, match=r"split val is empty"):
+        split_documents(docs, cfg)
+
+
+# ---------------------------------------------------------------------------------------------------- tokenizer
+
+
+def test_end_of_text_is_token_zero(tokenizer):
+    assert tokenizer.token_to_id(EOT) == 0
+    assert tokenizer.get_vocab_size() == 300
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Document 3. The model reads data.",
+        "caf\u00e9 na\u00efve \u00fcber \u00c5ngstr\u00f6m",
+        "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8 \u0440\u0443\u0441\u0441\u043a\u0438\u0439",
+        "emoji \U0001f389\U0001f680 and flags \U0001f1eb\U0001f1f7 and zwj \U0001f468\u200d\U0001f469\u200d\U0001f467",
+        "  leading and trailing spaces  \n\ttabs\tand\n\n\nnewlines\r\n",
+        "",
+    ],
+)
+def test_byte_level_bpe_round_trips_any_text(tokenizer, text):
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    assert tokenizer.decode(ids) == text
+
+
+def test_unseen_characters_need_no_unknown_token(tokenizer):
+    ids = tokenizer.encode("\U0001f9ea\u00df", add_special_tokens=False).ids
+    assert len(ids) == len("\U0001f9ea\u00df".encode("utf-8"))  # one byte token each, nothing lost
+    assert 0 not in ids
+
+
+def test_tokenizer_compresses_its_training_text(tokenizer, make_documents):
+    text = make_documents(1)[0]
+    assert len(tokenizer.encode(text).ids) < len(text.encode("utf-8")) / 1.5
+
+
+def test_encode_stream_puts_eot_before_every_document(tokenizer):
+    docs = ["The river reads.", "caf\u00e9 \U0001f389", "x"]
+    stream = encode_stream(tokenizer, docs)
+
+    assert stream.dtype == np.uint16
+    expected = []
+    for d in docs:
+        expected += [0, *tokenizer.encode(d, add_special_tokens=False).ids]
+    assert stream.tolist() == expected
+    starts = np.flatnonzero(stream == 0).tolist()
+    assert len(starts) == len(docs) and starts[0] == 0
+    pieces = np.split(stream, starts[1:])
+    assert [tokenizer.decode(p[1:].tolist()) for p in pieces] == docs
+
+
+def test_encode_stream_of_nothing_is_empty(tokenizer):
+    stream = encode_stream(tokenizer, [])
+    assert stream.size == 0 and stream.dtype == np.uint16
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+
+
+def test_stream_bytes_counts_utf8_bytes_plus_boundaries():
+    assert stream_bytes(["abc"]) == 3
+    assert stream_bytes(["ab", "\u00e9"]) == 2 + 2 + 1
+    assert stream_bytes(["\U0001f389", "a", "b"]) == 4 + 1 + 1 + 2
+
+
+@pytest.mark.parametrize(
+    ("texts", "bits"),
+    [
+        (["aaaa"], 0.0),
+        (["abab"], 1.0),
+        (["ab", "ba"], 1.0),
+        (["abcd"], 2.0),
+        (["\u00e9"], 1.0),  # two distinct UTF-8 bytes
+        (["aaab"], -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))),
+    ],
+)
+def test_byte_entropy_of_known_inputs(texts, bits):
+    assert byte_entropy(texts) == pytest.approx(bits, abs=1e-12)
+
+
+def test_byte_entropy_of_uniform_bytes_is_log2_of_their_count():
+    text = "".join(chr(i) for i in range(128))  # the 128 ASCII bytes, once each
+    assert byte_entropy([text]) == pytest.approx(7.0)
+    assert byte_entropy([text, text]) == pytest.approx(7.0)
