@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from tasks.io import atomic_path, sha256_file
+from tasks.io import atomic_path, previous_version, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,9 @@ MODEL_FILE, TENSORS_FILE, STATE_FILE = "model.safetensors", "tensors.safetensors
 def flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     """Replace every tensor in a nested dict/list structure by a reference, collecting tensors in `tensors`."""
     if isinstance(obj, torch.Tensor):
-        tensors[prefix] = obj.detach().cpu().contiguous()
-        return {"$tensor": prefix}
+        name = f"t{len(tensors)}"  # a counter, not the key path: distinct keys may spell the same path
+        tensors[name] = obj.detach().cpu().contiguous()
+        return {"$tensor": name}
     if isinstance(obj, dict):  # keys may be ints (optimizer state): keep them as pairs, not JSON object keys
         return {"$dict": [[k, flatten(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
@@ -61,7 +62,19 @@ def save_checkpoint(path: Path, model: torch.nn.Module, state: dict[str, Any]) -
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any] | None:
-    """Load weights into `model` and return the state, or None (with a warning) if the checkpoint is unusable."""
+    """Load weights into `model` and return the state, or None (with a warning) if the checkpoint is unusable.
+
+    A kill in the instant between moving the old checkpoint aside and the new one into place leaves only the old
+    one, under the name `atomic_path` gave it: it is used then."""
+    state = _load(path, model)
+    previous = previous_version(path)
+    if state is None and previous.is_dir():
+        log.warning("using the previous checkpoint %s", previous)
+        state = _load(previous, model)
+    return state
+
+
+def _load(path: Path, model: torch.nn.Module) -> dict[str, Any] | None:
     try:
         doc = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
         if doc.get("format_version") != FORMAT_VERSION:

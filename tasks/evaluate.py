@@ -59,7 +59,7 @@ def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
 def prompt_offsets(n_tokens: int, n_prompts: int, span: int) -> list[int]:
     """Evenly spaced start offsets of `n_prompts` non-overlapping spans of `span` tokens in a stream."""
     usable = n_tokens - span
-    if usable <= 0:
+    if usable < 0:
         return []
     n = min(n_prompts, usable // span + 1)
     return [round(i * usable / max(n - 1, 1)) for i in range(n)]
@@ -134,9 +134,10 @@ def evaluate(params: Params) -> dict:
         write_jsonl(out / SAMPLES_FILE, [{"seed": cfg.seed, "index": i, "text": t} for i, t in enumerate(texts)])
         write_jsonl(out / CONTINUATIONS_FILE, continuations)
     write_json(cfg.metrics_path, metrics)
-    log.info("evaluate: test bpb %.4f (unigram baseline %.4f), perplexity %.2f, BLEU %.4f, ROUGE-L %.4f",
-             metrics["test_bpb"], metrics["test_unigram_bpb"], metrics["test_perplexity"], metrics["bleu"],
-             metrics["rouge_l"])
+    shown = {k: "n/a" if metrics[k] is None else f"{metrics[k]:.4f}"
+             for k in ("test_bpb", "test_unigram_bpb", "test_perplexity", "bleu", "rouge_l")}
+    log.info("evaluate: test bpb %(test_bpb)s (unigram baseline %(test_unigram_bpb)s), perplexity "
+             "%(test_perplexity)s, BLEU %(bleu)s, ROUGE-L %(rouge_l)s", shown)
     return metrics
 
 

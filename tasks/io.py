@@ -36,10 +36,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def previous_version(path: Path) -> Path:
+    """Where a directory replaced by `atomic_path` waits while its successor is moved in."""
+    return path.with_name(f".{path.name}.old")
+
+
 def _replace(src: Path, dst: Path) -> None:
     """Move `src` onto `dst`; a directory `dst` is swapped out and removed only after the new one is in place."""
     if dst.is_dir() and not dst.is_symlink():
-        old = dst.with_name(f".{dst.name}.old")
+        old = previous_version(dst)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(dst, old)
         os.replace(src, dst)

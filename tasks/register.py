@@ -135,8 +135,9 @@ def register(params: Params) -> dict:
     log.info("register: %s version %s (%s %.4f vs champion %s: %s) -> %s", cfg.model_name, version,
              cfg.promote_metric, value, champion_version, champion_value, decision)
     result = {"version": int(version), "promoted": promote, "run_id": run_id,
-              "champion_version": int(version) if promote else int(champion_version),
-              f"challenger_{cfg.promote_metric}": value, f"champion_{cfg.promote_metric}_before": champion_value}
+              "champion_version": int(version) if promote else (champion_version and int(champion_version)),
+              f"challenger_{cfg.promote_metric}": value if math.isfinite(value) else None,  # JSON has no NaN
+              f"champion_{cfg.promote_metric}_before": champion_value}
     write_json(cfg.metrics_path, result)
     return result
 

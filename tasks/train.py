@@ -296,6 +296,11 @@ def _loop(params: Params, model: Generator, opt: Optimizers, windows: TokenWindo
 
     best = build_model(params, meta["vocab_size"], meta["eot_id"])
     best_state = load_checkpoint(ckpt_dir / "best", best)
+    if best_state is None:
+        from tasks.errors import UserError
+
+        raise UserError(f"training diverged: the validation loss was never finite ({history[-1]['val_loss']}); "
+                        "lower train.lr or set train.grad_clip")
     with atomic_path(cfg.out_dir) as out:
         best.save(out)
         write_json(out / RUN_FILE, {"run_id": run_id})

@@ -1,0 +1,348 @@
+"""The model stages run for real on the tiny project: train (and its resume after a kill -9), evaluate, register,
+and serving the champion through MLflow's pyfunc loader. MLflow uses a sqlite store inside the temporary project."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from models.base import CONFIG_FILE, WEIGHTS_FILE, load_generator
+from tasks.clean import clean
+from tasks.evaluate import CONTINUATIONS_FILE, SAMPLES_FILE, evaluate
+from tasks.ingest import ingest
+from tasks.io import read_json, read_jsonl
+from tasks.params import parse_params
+from tasks.preprocess import META_FILE, preprocess
+from tasks.register import CHALLENGER, CHAMPION, register
+from tasks.train import RUN_FILE, train
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An sqlite file with MLflow's schema and nothing else: copying it saves each project the slow migrations."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow(monkeypatch):
+    """No run or tracking URI leaks from one test into the next (MLflow keeps both in process-wide state)."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    before = tracking_utils._tracking_uri
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(before)
+
+
+def prepare(root: Path, data: dict, empty_db: Path):
+    """Run the data stages in `root` with the params `data` (as in params.yaml); return the typed params."""
+    params = parse_params(json.loads(json.dumps(data)), root=root)
+    ingest(params)
+    clean(params)
+    preprocess(params)
+    shutil.copyfile(empty_db, root / "mlflow.db")
+    return params
+
+
+@pytest.fixture
+def staged(project, empty_mlflow_db):
+    """`staged(**overrides)`: the tiny project with params written and the data stages already run."""
+
+    def make(**overrides):
+        project.write_corpus()
+        project.make_params(**overrides)
+        return prepare(project.root, project.data, empty_mlflow_db)
+
+    return make
+
+
+def checkpoint_step(state_file: Path) -> int:
+    """Read the step of a checkpoint from its state.json (flattened: dicts are lists of key/value pairs)."""
+    return dict(json.loads(state_file.read_text())["state"]["$dict"])["step"]
+
+
+# ---------------------------------------------------------------------------------------------------- train
+
+
+def test_train_writes_model_metrics_and_loss_curve_then_resumes_to_identical_weights(project, staged, caplog):
+    params = staged()
+
+    metrics = train(params)
+
+    out = params.train.out_dir
+    assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, RUN_FILE])
+    model = load_generator(out)
+    meta = read_json(params.preprocess.out_dir / META_FILE)
+    assert model.config.vocab_size == meta["vocab_size"] and model.config.block_size == 32
+
+    assert read_json(params.train.metrics_path) == metrics
+    assert metrics["steps"] == 4 and metrics["device"] == "cpu" and metrics["n_params"] == model.n_params()
+    curve = read_json(params.train.plots_path)
+    assert [row["step"] for row in curve] == [2, 4]  # every eval_interval, and the final step
+    for row in curve:
+        assert set(row) == {"step", "train_loss", "val_loss"}
+        assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("train_loss", "val_loss"))
+    assert metrics["best_val_loss"] == min(row["val_loss"] for row in curve)
+    assert metrics["best_step"] in (2, 4)
+    assert metrics["final_train_loss"] == curve[-1]["train_loss"]
+
+    run_id = read_json(out / RUN_FILE)["run_id"]
+    run = mlflow.MlflowClient(params.register.tracking_uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.name"] == "gpt" and run.data.params["train.max_steps"] == "4"
+    assert {"train_loss", "val_loss", "lr"} <= set(run.data.metrics)
+
+    weights = (out / WEIGHTS_FILE).read_bytes()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tasks.train"):
+        again = train(params)  # same inputs: resumes from the final checkpoint, nothing left to do
+    assert any("resuming" in r.getMessage() and "step 4" in r.getMessage() for r in caplog.records)
+    assert (out / WEIGHTS_FILE).read_bytes() == weights
+    assert read_json(params.train.plots_path) == curve
+    assert {k: v for k, v in again.items() if k != "tokens_per_second"} == \
+        {k: v for k, v in metrics.items() if k != "tokens_per_second"}
+    assert read_json(out / RUN_FILE)["run_id"] == run_id  # the same MLflow run, not a new one
+
+
+def test_changed_training_params_start_afresh_in_a_new_checkpoint(project, staged):
+    params = staged()
+    train(params)
+    params2 = project.make_params(train={"lr": 0.001})
+    train(params2)
+    keys = sorted(p.name for p in params.train.checkpoint_dir.iterdir())
+    assert len(keys) == 2  # one checkpoint per run key; the old one is not resumed with other settings
+    for key in keys:
+        assert (params.train.checkpoint_dir / key / "last" / "state.json").is_file()
+        assert (params.train.checkpoint_dir / key / "best" / "state.json").is_file()
+
+
+def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(project, staged, tmp_path_factory,
+                                                                     empty_mlflow_db):
+    # Long enough that the first checkpoint (step 5) comes well before the end, short enough to run in seconds.
+    overrides = {"train": {"max_steps": 160, "eval_interval": 5, "log_interval": 5, "batch_size": 8}}
+    params = staged(**overrides)  # the uninterrupted reference, trained in this process below
+
+    # A separate fresh project with the same params and corpus, trained by `python -m tasks.train` and killed.
+    killed = tmp_path_factory.mktemp("killed")
+    shutil.copytree(project.path("data", "inputs"), killed / "data" / "inputs")
+    shutil.copyfile(project.path("params.yaml"), killed / "params.yaml")
+    killed_params = prepare(killed, project.data, empty_mlflow_db)
+
+    env = dict(os.environ)
+    env.pop("GENPIPE_DEBUG", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update({"PYTHONPATH": str(REPO_ROOT), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+                "PYTHONUNBUFFERED": "1"})
+
+    def start(log_name: str) -> tuple[subprocess.Popen, Path]:
+        log = killed / log_name
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=killed, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=fh)
+        return proc, log
+
+    proc, first_log = start("first.log")
+    ckpt_root = killed_params.train.checkpoint_dir
+    deadline = time.monotonic() + 120
+    try:
+        while not list(ckpt_root.glob("*/last/state.json")):
+            assert proc.poll() is None, f"train exited ({proc.returncode}) before its first checkpoint:\n" \
+                                        f"{first_log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.005)
+        assert proc.poll() is None, "train finished before it could be killed: raise max_steps"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    (state_file,) = ckpt_root.glob("*/last/state.json")
+    killed_at = checkpoint_step(state_file)
+    assert 0 < killed_at < 160
+    assert not killed_params.train.metrics_path.exists()  # the killed run never finished
+    assert not (killed_params.train.out_dir / WEIGHTS_FILE).exists()
+
+    proc, rerun_log = start("rerun.log")
+    assert proc.wait(timeout=300) == 0, rerun_log.read_text()[-3000:]
+    log = rerun_log.read_text()
+    assert f"resuming from {state_file.parent}" in log and f"at step {killed_at}" in log, log[-3000:]
+
+    train(params)  # uninterrupted, in a different directory
+
+    assert state_file.parent.parent.name == next(params.train.checkpoint_dir.iterdir()).name  # same run key
+    ref_ckpt = params.train.checkpoint_dir / state_file.parent.parent.name
+    assert (killed_params.train.out_dir / WEIGHTS_FILE).read_bytes() == (params.train.out_dir / WEIGHTS_FILE).read_bytes()
+    for name in ("model.safetensors", "tensors.safetensors"):  # final weights, optimizer moments and RNG states
+        assert (state_file.parent / name).read_bytes() == (ref_ckpt / "last" / name).read_bytes(), name
+    assert read_json(killed_params.train.plots_path) == read_json(params.train.plots_path)
+    assert len(read_json(params.train.plots_path)) == 160 // 5
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_writes_consistent_metrics_samples_and_continuations(project, staged):
+    params = staged()
+    train(params)
+
+    metrics = evaluate(params)
+
+    assert read_json(params.evaluate.metrics_path) == metrics
+    meta = read_json(params.preprocess.out_dir / META_FILE)
+    for key in ("test_loss", "test_perplexity", "test_bpb", "test_unigram_bpb"):
+        assert math.isfinite(metrics[key]) and metrics[key] > 0, key
+    assert metrics["test_perplexity"] == pytest.approx(math.exp(metrics["test_loss"]), rel=1e-5)
+    assert metrics["test_tokens"] == meta["test"]["n_tokens"] - 1  # every token after the first, once
+    assert metrics["test_bytes"] == meta["test"]["n_bytes"]
+    assert metrics["test_bpb"] == pytest.approx(
+        metrics["test_loss"] * metrics["test_tokens"] / math.log(2) / metrics["test_bytes"], rel=1e-5)
+    assert metrics["test_unigram_bpb"] == meta["test"]["byte_entropy_bits"]
+    # a 4-step model is nearly uniform over the vocabulary: loss close to log(vocab)
+    assert metrics["test_loss"] < 1.2 * math.log(meta["vocab_size"])
+    if metrics["test_bpb"] < metrics["test_unigram_bpb"]:  # only a trained model gets there; record it if it does
+        assert metrics["test_perplexity"] < meta["vocab_size"]
+    for key in ("bleu", "rouge_l"):
+        assert 0.0 <= metrics[key] <= 1.0
+
+    out = params.evaluate.out_dir
+    samples = read_jsonl(out / SAMPLES_FILE)
+    assert len(samples) == params.evaluate.n_samples
+    assert [s["index"] for s in samples] == list(range(params.evaluate.n_samples))
+    assert all(s["seed"] == params.evaluate.seed and isinstance(s["text"], str) for s in samples)
+    continuations = read_jsonl(out / CONTINUATIONS_FILE)
+    assert len(continuations) == params.evaluate.n_prompts
+    assert all(set(c) == {"prompt", "reference", "generated"} for c in continuations)
+
+    again = evaluate(params)  # seeded sampling and greedy continuations: the same files again
+    assert read_jsonl(out / SAMPLES_FILE) == samples
+    assert {k: v for k, v in again.items() if k != "scoring_tokens_per_second"} == \
+        {k: v for k, v in metrics.items() if k != "scoring_tokens_per_second"}
+
+
+def test_evaluate_on_a_test_split_shorter_than_one_prompt_reports_null_text_scores(project, staged, caplog):
+    params = staged(evaluate={"prompt_tokens": 100_000, "continuation_tokens": 100_000})
+    train(params)
+
+    with caplog.at_level("INFO", logger="tasks.evaluate"):  # the summary line must render with null scores
+        metrics = evaluate(params)
+
+    assert metrics["bleu"] is None and metrics["rouge_l"] is None  # JSON null, not NaN
+    assert read_json(params.evaluate.metrics_path)["bleu"] is None
+    assert math.isfinite(metrics["test_bpb"])
+    assert read_jsonl(params.evaluate.out_dir / CONTINUATIONS_FILE) == []
+    assert any(r.levelname == "WARNING" and "BLEU/ROUGE-L skipped" in r.getMessage() for r in caplog.records)
+    assert any("evaluate: test bpb" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------------- register
+
+
+def test_register_gates_the_champion_and_the_champion_serves(project, staged):
+    params = staged()
+    train(params)
+    evaluate(params)
+    name, metric = params.register.model_name, params.register.promote_metric
+    client = mlflow.MlflowClient(params.register.tracking_uri, registry_uri=params.register.tracking_uri)
+
+    first = register(params)
+
+    assert first["version"] == 1 and first["promoted"] is True and first["champion_version"] == 1
+    assert read_json(params.register.metrics_path) == first
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == "1"
+    v1 = client.get_model_version(name, "1")
+    assert v1.tags["decision"] == "promoted"
+    bpb = read_json(params.evaluate.metrics_path)[metric]
+    assert float(v1.tags[f"metric.{metric}"]) == pytest.approx(bpb)
+    assert first["run_id"] == read_json(params.train.out_dir / RUN_FILE)["run_id"]  # logged to the training run
+
+    # A worse challenger (higher bits per byte) is registered but does not take the champion alias.
+    worse = dict(read_json(params.evaluate.metrics_path), **{metric: bpb + 0.5})
+    params.evaluate.metrics_path.write_text(json.dumps(worse))
+    second = register(params)
+
+    assert second["version"] == 2 and second["promoted"] is False and second["champion_version"] == 1
+    assert second[f"champion_{metric}_before"] == pytest.approx(bpb)
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == "2"
+    v2 = client.get_model_version(name, "2")
+    assert v2.tags["decision"] == "kept_champion"
+    assert v2.tags["champion_version_before"] == "1"
+
+    # A better one takes over.
+    better = dict(worse, **{metric: bpb - 0.5})
+    params.evaluate.metrics_path.write_text(json.dumps(better))
+    third = register(params)
+    assert third["promoted"] is True and third["champion_version"] == 3
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "3"
+
+    # The champion loads through the registry and continues prompts (greedy: deterministic).
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    request = pd.DataFrame({"prompt": ["The river", "A small"], "max_new_tokens": [6, 3],
+                            "temperature": [0.0, 0.0], "top_k": [0, 0], "seed": [0, 0]})
+    answer = model.predict(request)
+    assert list(answer.columns) == ["text"] and len(answer) == 2
+    assert all(isinstance(t, str) for t in answer["text"])
+    assert model.predict(request).equals(answer)
+    # only the prompt is required
+    assert len(model.predict(pd.DataFrame({"prompt": ["Document 3."]}))) == 1
+    with pytest.raises(mlflow.exceptions.MlflowException, match="max_new_tokens"):
+        model.predict(pd.DataFrame({"prompt": ["x"], "max_new_tokens": [0]}))
+
+
+def test_register_without_a_value_for_the_promote_metric_names_a_challenger_but_no_champion(project, staged):
+    params = staged(register={"promote_metric": "bleu"})
+    train(params)
+    evaluate(params)
+    name = params.register.model_name
+    client = mlflow.MlflowClient(params.register.tracking_uri, registry_uri=params.register.tracking_uri)
+    scored = read_json(params.evaluate.metrics_path)
+    params.evaluate.metrics_path.write_text(json.dumps(dict(scored, bleu=None)))  # as when the test split is short
+
+    first = register(params)  # a fresh registry and nothing to compare: registered, not promoted
+
+    assert first["version"] == 1 and first["promoted"] is False and first["champion_version"] is None
+    text = params.register.metrics_path.read_text()  # JSON has no NaN: DVC and other readers need null
+    written = json.loads(text, parse_constant=lambda c: pytest.fail(f"metrics/register.json holds {c}"))
+    assert written["promoted"] is False and written["champion_version"] is None
+    assert written["challenger_bleu"] is None
+    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == "1"
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(name, CHAMPION)
+
+    params.evaluate.metrics_path.write_text(json.dumps(dict(scored, bleu=0.25)))
+    second = register(params)  # the first challenger with a real value becomes champion
+    assert second["promoted"] is True and second["champion_version"] == 2
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "2"
+
+
+def test_a_diverged_run_exports_nothing_and_says_how_to_fix_it(project, staged):
+    from tasks.errors import UserError
+
+    params = staged(train={"lr": 1e30, "grad_clip": 0.0, "max_steps": 4, "eval_interval": 2})
+    with pytest.raises(UserError, match="training diverged.*lower train.lr"):
+        train(params)
+    assert not params.train.out_dir.exists()
