@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from dataclasses import dataclass, field
 import hashlib
 import json
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -169,20 +169,6 @@ def run_key(params: Params, data_digest: str) -> str:
 # ---------------------------------------------------------------------------------------------------- stage
 
 
-def _rng_state(windows: TokenWindows) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "data": windows.generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], windows: TokenWindows) -> None:
-    torch.set_rng_state(state["torch"])
-    windows.generator.set_state(state["data"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _start_mlflow(params: Params, run_id: str | None) -> str | None:
     """Open (or reopen, on resume) the MLflow run that receives live metrics; None if tracking is unavailable."""
     try:
@@ -211,40 +197,105 @@ def _log_mlflow(metrics: dict[str, float], step: int, run_id: str | None) -> Non
         mlflow.log_metrics(metrics, step=step)
 
 
-def train(params: Params) -> dict:
-    """Train the chosen generator; write the best weights to `train.out_dir`, metrics and the loss curve."""
-    cfg = params.train
-    data_dir = params.preprocess.out_dir
-    meta = json.loads((data_dir / META_FILE).read_text(encoding="utf-8"))
-    digest = hashlib.sha256(b"".join(sha256_file(data_dir / f).encode() for f in
-                                     (META_FILE, "train.npy", "val.npy"))).hexdigest()
-    device = pick_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(cfg.seed)
-    model = build_model(params, meta["vocab_size"], meta["eot_id"]).to(device)
-    opt = Optimizers(model, cfg, device)
-    windows = TokenWindows(load_tokens(data_dir, "train"), model.block_size, cfg.batch_size,
-                           torch.Generator().manual_seed(cfg.seed), device)
-    val_tokens = load_tokens(data_dir, "val")
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint next to the weights, optimizer moments and RNG states."""
 
-    ckpt_dir = cfg.checkpoint_dir / run_key(params, digest)
-    state = load_checkpoint(ckpt_dir / "last", model)
-    step, best_val, history, run_id = 0, math.inf, [], None
-    if state is not None:
-        opt.load_state_dict(state["optimizers"])
-        _set_rng_state(state["rng"], windows)
-        step, best_val, history, run_id = state["step"], state["best_val"], state["history"], state["run_id"]
-        log.info("train: resuming from %s at step %d", ckpt_dir / "last", step)
-    first_step = step
-    run_id = _start_mlflow(params, run_id)
-    try:
-        return _loop(params, model, opt, windows, val_tokens, device, ckpt_dir, step, best_val, history, run_id,
-                     first_step, meta)
-    except BaseException:
-        _end_mlflow(run_id, "FAILED")
-        raise
+    step: int = 0
+    best_val: float = math.inf
+    history: list[dict] = field(default_factory=list)  # one row per validation: step, train_loss, val_loss
+    run_id: str | None = None  # the MLflow run receiving live metrics
+
+
+class Trainer:
+    """Owns one training run of one generator: the model, its optimizers, the data and the checkpoints."""
+
+    def __init__(self, params: Params) -> None:
+        cfg, data_dir = params.train, params.preprocess.out_dir
+        self.params, self.cfg = params, cfg
+        self.meta = json.loads((data_dir / META_FILE).read_text(encoding="utf-8"))
+        digest = hashlib.sha256(b"".join(sha256_file(data_dir / f).encode()
+                                         for f in (META_FILE, "train.npy", "val.npy"))).hexdigest()
+        self.device = pick_device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(params, self.meta["vocab_size"], self.meta["eot_id"]).to(self.device)
+        self.opt = Optimizers(self.model, cfg, self.device)
+        self.windows = TokenWindows(load_tokens(data_dir, "train"), self.model.block_size, cfg.batch_size,
+                                    torch.Generator().manual_seed(cfg.seed), self.device)
+        self.val_tokens = load_tokens(data_dir, "val")
+        self.ckpt_dir = cfg.checkpoint_dir / run_key(params, digest)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def resume(self) -> Progress:
+        """Restore the last checkpoint of this exact configuration, if any; else start at step 0."""
+        state = load_checkpoint(self.ckpt_dir / "last", self.model)
+        if state is None:
+            return Progress()
+        self.opt.load_state_dict(state["optimizers"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.windows.generator.set_state(state["rng"]["data"])  # the data position
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        log.info("train: resuming from %s at step %d", self.ckpt_dir / "last", state["step"])
+        return Progress(state["step"], state["best_val"], state["history"], state["run_id"])
+
+    def checkpoint(self, progress: Progress) -> None:
+        rng = {"torch": torch.get_rng_state(), "data": self.windows.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        save_checkpoint(self.ckpt_dir / "last", self.model, {
+            "step": progress.step, "best_val": progress.best_val, "history": progress.history,
+            "run_id": progress.run_id, "optimizers": self.opt.state_dict(), "rng": rng})
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def fit(self, progress: Progress) -> None:
+        """Run updates from `progress.step` to max_steps, validating and checkpointing every eval_interval."""
+        from tqdm import tqdm
+
+        cfg, model = self.cfg, self.model
+        recent: list[float] = []  # train losses since the last validation
+        model.train()
+        bar = tqdm(total=cfg.max_steps, initial=progress.step, desc="train", unit="step", disable=None)
+        while progress.step < cfg.max_steps:
+            # (1) learning rate, (2) micro-batches, (3) forward/backward/step inside the model's train_step
+            self.opt.set_lr(lr_at(progress.step, cfg))
+            metrics = model.train_step([self.windows() for _ in range(cfg.grad_accum)], self.opt)
+            recent.append(metrics["loss"])
+            progress.step += 1
+            bar.update(1)
+            step = progress.step
+            if step % cfg.log_interval == 0 or step == cfg.max_steps:  # (4) log
+                train_loss = float(np.mean(recent[-cfg.log_interval :]))
+                bar.set_postfix(loss=f"{train_loss:.3f}")
+                _log_mlflow({"train_loss": train_loss, "lr": lr_at(step - 1, cfg)}, step, progress.run_id)
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:  # (5) validate, keep best, checkpoint
+                val = validation_loss(model, self.val_tokens, cfg, self.opt, self.device)
+                train_loss, recent = float(np.mean(recent)), []
+                progress.history.append({"step": step, "train_loss": round(train_loss, 5), "val_loss": round(val, 5)})
+                _log_mlflow({"val_loss": val}, step, progress.run_id)
+                log.info("train: step %d/%d train_loss %.4f val_loss %.4f", step, cfg.max_steps, train_loss, val)
+                if val < progress.best_val:
+                    progress.best_val = val
+                    save_checkpoint(self.ckpt_dir / "best", model, {"step": step, "val_loss": val})
+                self.checkpoint(progress)
+        bar.close()
+
+    def best_model(self, progress: Progress) -> tuple[Generator, int]:
+        """Load the weights with the lowest validation loss; refuse if validation never gave a finite loss."""
+        best = build_model(self.params, self.meta["vocab_size"], self.meta["eot_id"])
+        state = load_checkpoint(self.ckpt_dir / "best", best)
+        if state is None:
+            from tasks.errors import UserError
+
+            last = progress.history[-1]["val_loss"] if progress.history else None
+            raise UserError(f"training diverged: the validation loss was never finite ({last}); "
+                            "lower train.lr or set train.grad_clip")
+        return best, state["step"]
 
 
 def _end_mlflow(run_id: str | None, status: str = "FINISHED") -> None:
@@ -254,69 +305,42 @@ def _end_mlflow(run_id: str | None, status: str = "FINISHED") -> None:
         mlflow.end_run(status=status)
 
 
-def _loop(params: Params, model: Generator, opt: Optimizers, windows: TokenWindows, val_tokens: np.ndarray,
-          device: torch.device, ckpt_dir: Path, step: int, best_val: float, history: list, run_id: str | None,
-          first_step: int, meta: dict) -> dict:
-    """Run updates from `step` to max_steps, then export the best weights and write metrics and plots."""
-    from tqdm import tqdm
-
+def train(params: Params) -> dict:
+    """Train the chosen generator; write the best weights to `train.out_dir`, metrics and the loss curve."""
     cfg = params.train
-    log.info("train: %s with %.2fM parameters on %s%s, %d steps", model.name, model.n_params() / 1e6, device,
-             " (bf16 autocast)" if opt.dtype else "", cfg.max_steps)
-
-    start, tokens_per_step = time.perf_counter(), cfg.batch_size * cfg.grad_accum * model.block_size
-    window_loss: list[float] = []
-    model.train()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", disable=None)
-    while step < cfg.max_steps:
-        opt.set_lr(lr_at(step, cfg))
-        metrics = model.train_step([windows() for _ in range(cfg.grad_accum)], opt)
-        window_loss.append(metrics["loss"])
-        step += 1
-        bar.update(1)
-        if step % cfg.log_interval == 0 or step == cfg.max_steps:
-            train_loss = float(np.mean(window_loss[-cfg.log_interval :]))
-            bar.set_postfix(loss=f"{train_loss:.3f}")
-            _log_mlflow({"train_loss": train_loss, "lr": lr_at(step - 1, cfg)}, step, run_id)
-        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-            val = validation_loss(model, val_tokens, cfg, opt, device)
-            train_loss = float(np.mean(window_loss))
-            window_loss = []
-            history.append({"step": step, "train_loss": round(train_loss, 5), "val_loss": round(val, 5)})
-            _log_mlflow({"val_loss": val}, step, run_id)
-            log.info("train: step %d/%d train_loss %.4f val_loss %.4f", step, cfg.max_steps, train_loss, val)
-            if val < best_val:
-                best_val = val
-                save_checkpoint(ckpt_dir / "best", model, {"step": step, "val_loss": val})
-            save_checkpoint(ckpt_dir / "last", model, {
-                "step": step, "best_val": best_val, "history": history, "run_id": run_id,
-                "optimizers": opt.state_dict(), "rng": _rng_state(windows)})
-    bar.close()
+    trainer = Trainer(params)
+    progress = trainer.resume()
+    first_step = progress.step
+    progress.run_id = _start_mlflow(params, progress.run_id)
+    model = trainer.model
+    log.info("train: %s with %.2fM parameters on %s%s, %d steps", model.name, model.n_params() / 1e6,
+             trainer.device, " (bf16 autocast)" if trainer.opt.dtype else "", cfg.max_steps)
+    start = time.perf_counter()
+    try:
+        trainer.fit(progress)
+        best, best_step = trainer.best_model(progress)
+    except BaseException:
+        _end_mlflow(progress.run_id, "FAILED")
+        raise
     seconds, steps_run = time.perf_counter() - start, cfg.max_steps - first_step
 
-    best = build_model(params, meta["vocab_size"], meta["eot_id"])
-    best_state = load_checkpoint(ckpt_dir / "best", best)
-    if best_state is None:
-        from tasks.errors import UserError
-
-        raise UserError(f"training diverged: the validation loss was never finite ({history[-1]['val_loss']}); "
-                        "lower train.lr or set train.grad_clip")
     with atomic_path(cfg.out_dir) as out:
         best.save(out)
-        write_json(out / RUN_FILE, {"run_id": run_id})
+        write_json(out / RUN_FILE, {"run_id": progress.run_id})
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * model.block_size
     metrics = {
-        "best_val_loss": round(best_val, 5),
-        "best_step": best_state["step"] if best_state else step,
-        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "best_val_loss": round(progress.best_val, 5),
+        "best_step": best_step,
+        "final_train_loss": progress.history[-1]["train_loss"],
         "n_params": model.n_params(),
         "steps": cfg.max_steps,
         "tokens_per_second": round(tokens_per_step * steps_run / seconds, 1) if steps_run else None,
-        "device": device.type,
+        "device": trainer.device.type,
     }
     write_json(cfg.metrics_path, metrics)
-    write_json(cfg.plots_path, history)
-    _end_mlflow(run_id)
-    log.info("train: done in %.1fs, best val_loss %.4f at step %s", seconds, best_val, metrics["best_step"])
+    write_json(cfg.plots_path, progress.history)
+    _end_mlflow(progress.run_id)
+    log.info("train: done in %.1fs, best val_loss %.4f at step %s", seconds, progress.best_val, best_step)
     return metrics
 
 
