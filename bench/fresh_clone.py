@@ -48,6 +48,7 @@ def main() -> None:
     noop = [timed(["dvc", "repro"], clone, env) for _ in range(5)]
     metrics = json.loads((clone / "metrics" / "evaluate.json").read_text())
     train = json.loads((clone / "metrics" / "train.json").read_text())
+    registered = json.loads((clone / "metrics" / "register.json").read_text())
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True,
@@ -63,6 +64,7 @@ def main() -> None:
         "test_perplexity": metrics["test_perplexity"],
         "bleu": metrics["bleu"],
         "rouge_l": metrics["rouge_l"],
+        "champion_version": registered["champion_version"],
     }
     out = REPO / "bench" / "results" / "fresh_clone.json"
     out.parent.mkdir(parents=True, exist_ok=True)

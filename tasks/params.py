@@ -181,7 +181,7 @@ with warnings.catch_warnings():
         evaluate: EvaluateParams = Field(default_factory=dict)
         register: RegisterParams = Field(default_factory=dict)
         root: Path = Field(default=Path("."), exclude=True)  # the project directory (set by the loader)
-        
+
 
 def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"])
