@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
@@ -46,6 +47,9 @@ class Generator(nn.Module):
     name: ClassVar[str]  # the key used everywhere: params `model.name`, registry, metrics
     modality: ClassVar[str]  # "text" or "image"
     Config: ClassVar[type]  # frozen dataclass of hyper-parameters
+    # True for models that carry state across consecutive training windows (truncated BPTT): the trainer then
+    # feeds contiguous streams, batches are (x, y, fresh), and train_state() holds the carried state for resume.
+    stateful: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -70,6 +74,13 @@ class Generator(nn.Module):
         opt.step("model")
         return {"loss": total / len(micro_batches)}
 
+    def train_state(self) -> dict[str, Tensor]:
+        """Return state beyond the weights that an exact resume needs (e.g. a carried hidden state)."""
+        return {}
+
+    def load_train_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what `train_state` returned."""
+
     def sample(self, n: int, *, generator: torch.Generator, **kwargs: Any) -> Any:
         """Draw `n` unconditional samples using `generator` for every random choice."""
         raise NotImplementedError
@@ -87,10 +98,31 @@ class Generator(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
+def scoring_windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
+    """Cover a stream with (start, end) windows of at most block_size + 1 tokens that overlap by one token, so
+    every token after the first is predicted exactly once."""
+    return [(s, min(s + block_size + 1, n_tokens)) for s in range(0, n_tokens - 1, block_size)]
+
+
 class TextGenerator(Generator):
     """A generator of token sequences."""
 
     modality = "text"
+
+    @torch.inference_mode()
+    def score_stream(self, tokens: np.ndarray, batch_size: int, device: torch.device) -> tuple[float, int]:
+        """Return the summed NLL (nats) of every token of `tokens` after the first, and how many were scored.
+
+        Default: independent windows of block_size tokens of context, batched; models with state override this."""
+        windows = scoring_windows(len(tokens), self.block_size)
+        full = [w for w in windows if w[1] - w[0] == self.block_size + 1]
+        tail = [w for w in windows if w[1] - w[0] != self.block_size + 1]
+        total, count = 0.0, 0
+        for group in [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in tail]:
+            rows = torch.from_numpy(np.stack([tokens[s:e] for s, e in group]).astype(np.int64)).to(device)
+            total += self.nll(rows[:, :-1], rows[:, 1:]).item()
+            count += rows[:, 1:].numel()
+        return total, count
 
     @property
     def block_size(self) -> int:
@@ -131,7 +163,7 @@ def pick_next(logits: Tensor, temperature: float, top_k: int, generator: torch.G
 # ---------------------------------------------------------------------------------------------- registry
 
 # model.name -> "module:Class"; imported lazily so choosing one family never imports the others.
-GENERATORS: dict[str, str] = {"gpt": "models.gpt:GPT"}
+GENERATORS: dict[str, str] = {"gpt": "models.gpt:GPT", "lstm": "models.rnn:LSTM", "gru": "models.rnn:GRU"}
 
 
 def generator_class(name: str) -> type[Generator]:

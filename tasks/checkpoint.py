@@ -20,7 +20,7 @@ from tasks.io import atomic_path, previous_version, sha256_file
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: data position and model train state stored separately
 MODEL_FILE, TENSORS_FILE, STATE_FILE = "model.safetensors", "tensors.safetensors", "state.json"
 
 

@@ -31,27 +31,6 @@ CONTINUATIONS_FILE = "continuations.jsonl"
 # ---------------------------------------------------------------------------------------------------- pure logic
 
 
-def scoring_windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
-    """Cover a stream with (start, end) windows of at most block_size + 1 tokens that overlap by one token, so
-    every token after the first is predicted exactly once."""
-    step = block_size
-    return [(s, min(s + block_size + 1, n_tokens)) for s in range(0, n_tokens - 1, step)]
-
-
-@torch.inference_mode()
-def stream_nll(model: TextGenerator, tokens: np.ndarray, batch_size: int, device: torch.device) -> tuple[float, int]:
-    """Return the summed NLL (nats) of every token of `tokens` after the first, and how many were scored."""
-    windows = scoring_windows(len(tokens), model.block_size)
-    full = [w for w in windows if w[1] - w[0] == model.block_size + 1]
-    tail = [w for w in windows if w[1] - w[0] != model.block_size + 1]
-    total, count = 0.0, 0
-    for group in [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in tail]:
-        rows = torch.from_numpy(np.stack([tokens[s:e] for s, e in group]).astype(np.int64)).to(device)
-        total += model.nll(rows[:, :-1], rows[:, 1:]).item()
-        count += rows[:, 1:].numel()
-    return total, count
-
-
 def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
     return nll_nats / math.log(2) / n_bytes
 
@@ -109,7 +88,7 @@ def evaluate(params: Params) -> dict:
     test = load_tokens(data_dir, "test")
 
     start = time.perf_counter()
-    nll, n_scored = stream_nll(model, test, cfg.batch_size, device)
+    nll, n_scored = model.score_stream(test, cfg.batch_size, device)
     scored_at = time.perf_counter()
     scores, continuations = continuation_scores(model, tok, test, cfg, device)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)

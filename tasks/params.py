@@ -66,8 +66,10 @@ class CleanParams(Section):
 
 
 class PreprocessParams(Section):
-    tokenizer: Literal["bpe"] = "bpe"  # byte-level BPE trained on the train split only
-    vocab_size: int = Field(2048, ge=260, le=65535)  # >= 256 bytes + specials; <= 65535 keeps tokens in uint16
+    # bpe: byte-level BPE; char: one token per character seen in train (others map to a reserved unknown id).
+    # Either is trained on the train split only, and independent of the generator chosen.
+    tokenizer: Literal["bpe", "char"] = "bpe"
+    vocab_size: int = Field(2048, ge=260, le=65535)  # bpe only; >= 256 bytes + specials, <= 65535 fits uint16
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
     test_fraction: float = Field(0.05, gt=0, lt=0.5)
     out_dir: ProjectPath = Path("data/processed")
@@ -88,9 +90,19 @@ class GPTParams(Section):
         return self
 
 
+class RNNParams(Section):
+    n_layer: int = Field(2, ge=1)
+    n_embd: int = Field(128, ge=1)  # token embedding width
+    n_hidden: int = Field(256, ge=1)  # recurrent state width
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)  # between layers and before the head
+    block_size: int = Field(128, ge=2)  # truncated BPTT: gradients flow back this many tokens; state carries on
+
+
 class ModelParams(Section):
-    name: Literal["gpt"] = "gpt"  # which generator trains; its hyper-parameters live in the section of that name
+    name: Literal["gpt", "lstm", "gru"] = "gpt"  # the generator; its hyper-parameters are in the section so named
     gpt: GPTParams = Field(default_factory=dict)
+    lstm: RNNParams = Field(default_factory=dict)
+    gru: RNNParams = Field(default_factory=dict)
 
     @property
     def hparams(self) -> Section:

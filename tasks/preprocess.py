@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 EOT = "<|endoftext|>"  # document separator; id 0 in every tokenizer the pipeline trains
+UNK = "\ufffd"  # char tokenizer: characters unseen in train map here (and decode as the replacement character)
 TOKENIZER_FILE = "tokenizer.json"  # inside preprocess.out_dir
 META_FILE = "meta.json"
 
@@ -85,6 +86,22 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return tok
 
 
+def train_char_tokenizer(texts: list[str]):
+    """Build a character-level tokenizer over the characters of `texts`: EOT is id 0, unknown characters id 1.
+
+    It is a `tokenizers` WordLevel model over single characters, so it saves as tokenizer.json and every later
+    stage (evaluate, serving) uses it exactly like the BPE tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    chars = sorted(set().union(*map(set, texts)) - {UNK, EOT})
+    vocab = {EOT: 0, UNK: 1, **{c: i + 2 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character alone
+    tok.decoder = decoders.Fuse()  # join characters back without separators
+    tok.add_special_tokens([EOT])
+    return tok
+
+
 def encode_stream(tok, texts: list[str]) -> np.ndarray:
     """Encode documents into one stream `EOT doc EOT doc ...` as uint16 (or uint32 for large vocabularies)."""
     eot = tok.token_to_id(EOT)
@@ -106,7 +123,10 @@ def preprocess(params: Params) -> dict:
     texts = [r["text"] for r in read_jsonl(params.clean.out_dir / CLEAN_FILE)]
     splits = split_documents(texts, cfg)
     log.info("preprocess: split %s", {s: len(d) for s, d in splits.items()})
-    tok = train_tokenizer(splits["train"], cfg.vocab_size)
+    if cfg.tokenizer == "char":
+        tok = train_char_tokenizer(splits["train"])
+    else:
+        tok = train_tokenizer(splits["train"], cfg.vocab_size)
     meta: dict = {"tokenizer": cfg.tokenizer, "vocab_size": tok.get_vocab_size(), "eot_id": tok.token_to_id(EOT)}
     with atomic_path(cfg.out_dir) as out:
         out.mkdir()

@@ -90,6 +90,46 @@ class TokenWindows:
         return xy[:, :-1], xy[:, 1:]  # (B, T) inputs and (B, T) next-token targets
 
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class StreamWindows:
+    """Consecutive (x, y, fresh) windows for truncated BPTT: the stream is cut into `batch_size` equal streams
+    and row b of each batch continues row b of the previous one; `fresh` marks a restart from the beginning.
+
+    The window index is the data position: saving and restoring it resumes the exact batch sequence."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, device: torch.device) -> None:
+        per_stream = (len(tokens) - 1) // batch_size
+        if per_stream < block_size + 1:
+            from tasks.errors import DataError
+
+            raise DataError(f"{len(tokens)} tokens are too few for {batch_size} streams of block_size={block_size}; "
+                            "add data or lower train.batch_size or the block size")
+        self.tokens, self.block_size, self.device = tokens, block_size, device
+        self.starts = [b * per_stream for b in range(batch_size)]
+        self.n_windows = (per_stream - 1) // block_size  # windows in one pass over each stream
+        self.position = 0
+
+    def __call__(self) -> tuple[Tensor, Tensor, bool]:
+        k = self.position % self.n_windows
+        self.position += 1
+        offset = k * self.block_size
+        rows = np.stack([self.tokens[s + offset : s + offset + self.block_size + 1] for s in self.starts])
+        xy = torch.from_numpy(rows.astype(np.int64)).to(self.device, non_blocking=True)
+        return xy[:, :-1], xy[:, 1:], k == 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = state["position"]
+
+
 class Optimizers:
     """The optimizers of one model plus the AMP and clipping policy; implements `models.base.Optimization`."""
 
@@ -162,7 +202,8 @@ def run_key(params: Params, data_digest: str) -> str:
     """Digest everything that determines the trained weights: model, training settings and data."""
     train = params.train.model_dump(exclude={"out_dir", "checkpoint_dir", "metrics_path", "plots_path",
                                              "log_interval", "device"})
-    blob = json.dumps({"model": params.model.model_dump(), "train": train, "data": data_digest}, sort_keys=True)
+    model = {"name": params.model.name, **params.model.hparams.model_dump()}  # not the unchosen generators' params
+    blob = json.dumps({"model": model, "train": train, "data": data_digest}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -223,8 +264,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(params, self.meta["vocab_size"], self.meta["eot_id"]).to(self.device)
         self.opt = Optimizers(self.model, cfg, self.device)
-        self.windows = TokenWindows(load_tokens(data_dir, "train"), self.model.block_size, cfg.batch_size,
-                                    torch.Generator().manual_seed(cfg.seed), self.device)
+        train_tokens = load_tokens(data_dir, "train")
+        if self.model.stateful:
+            self.windows = StreamWindows(train_tokens, self.model.block_size, cfg.batch_size, self.device)
+        else:
+            self.windows = TokenWindows(train_tokens, self.model.block_size, cfg.batch_size,
+                                        torch.Generator().manual_seed(cfg.seed), self.device)
         self.val_tokens = load_tokens(data_dir, "val")
         self.ckpt_dir = cfg.checkpoint_dir / run_key(params, digest)
 
@@ -237,19 +282,21 @@ class Trainer:
             return Progress()
         self.opt.load_state_dict(state["optimizers"])
         torch.set_rng_state(state["rng"]["torch"])
-        self.windows.generator.set_state(state["rng"]["data"])  # the data position
+        self.windows.load_state_dict(state["data"])  # the data position
+        self.model.load_train_state(state["model_state"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         log.info("train: resuming from %s at step %d", self.ckpt_dir / "last", state["step"])
         return Progress(state["step"], state["best_val"], state["history"], state["run_id"])
 
     def checkpoint(self, progress: Progress) -> None:
-        rng = {"torch": torch.get_rng_state(), "data": self.windows.generator.get_state()}
+        rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         save_checkpoint(self.ckpt_dir / "last", self.model, {
             "step": progress.step, "best_val": progress.best_val, "history": progress.history,
-            "run_id": progress.run_id, "optimizers": self.opt.state_dict(), "rng": rng})
+            "run_id": progress.run_id, "optimizers": self.opt.state_dict(), "rng": rng,
+            "data": self.windows.state_dict(), "model_state": self.model.train_state()})
 
     # ------------------------------------------------------------------------------------------ the loop
 

@@ -60,6 +60,28 @@ def test_exp_run_with_a_set_param_is_listed_by_exp_show(built):
     assert "short" in text and "test_bpb" in text and "max_steps" in text
 
 
+def test_lstm_on_characters_trains_registers_and_generates(built):
+    built.run("dvc", "exp", "run", "-n", "lstm-char", "-S", "model.name=lstm", "-S", "preprocess.tokenizer=char",
+              "-S", "model.lstm.n_layer=1", "-S", "model.lstm.n_hidden=128", "-S", "model.lstm.block_size=64",
+              "-S", "train.max_steps=150")
+    metrics = json.loads((built.root / "metrics/evaluate.json").read_text())
+    assert metrics["test_bpb"] < 0.8 * metrics["test_unigram_bpb"]
+    assert json.loads((built.root / "metrics/preprocess.json").read_text())["vocab_size"] < 300  # characters
+    shown = json.dumps(json.loads(built.run("dvc", "exp", "show", "--json").stdout))
+    assert "lstm-char" in shown
+
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(built.tracking_uri())
+    name = built.params["register"]["model_name"]
+    version = json.loads((built.root / "metrics/register.json").read_text())["version"]
+    assert mlflow.MlflowClient().get_model_version(name, str(version)).tags["generator"] == "lstm"
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    text = model.predict(pd.DataFrame([{"prompt": "The ", "max_new_tokens": 30, "seed": 1}]))["text"][0]
+    assert isinstance(text, str) and 0 < len(text) <= 30  # one character per token (end-of-text is not shown)
+
+
 def test_missing_source_fails_with_one_line_and_nothing_valid_left(built):
     built.set_params({"ingest": {"sources": ["no/such/dir/*.txt"]}})
     proc = built.run("dvc", "repro", check=False)
@@ -75,5 +97,5 @@ def test_bad_params_stop_the_flow_with_exit_code_2(built):
     built.set_params({"ingest": {"sources": ["embedded:pydoc"]}, "model": {"name": "transformer-xl"}})
     proc = built.run(sys.executable, "-m", "flows.pipeline", check=False)
     assert proc.returncode == 2
-    assert "error: pipeline: params.yaml: model.name: 'transformer-xl' is not allowed; allowed values: 'gpt'" \
+    assert "error: pipeline: params.yaml: model.name: 'transformer-xl' is not allowed; allowed values: 'gpt', 'lstm' or 'gru'" \
         in proc.stderr

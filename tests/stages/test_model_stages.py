@@ -137,10 +137,21 @@ def test_changed_training_params_start_afresh_in_a_new_checkpoint(project, stage
         assert (params.train.checkpoint_dir / key / "best" / "state.json").is_file()
 
 
+# The LSTM also carries its hidden state and its position in the contiguous streams across the kill.
+GENERATORS = {
+    "gpt": {},
+    "lstm-char": {"preprocess": {"tokenizer": "char"},
+                  "model": {"name": "lstm", "lstm": {"n_layer": 2, "n_embd": 16, "n_hidden": 32, "block_size": 16,
+                                                     "dropout": 0.1}}},
+}
+
+
+@pytest.mark.parametrize("generator", GENERATORS)
 def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(project, staged, tmp_path_factory,
-                                                                     empty_mlflow_db):
+                                                                     empty_mlflow_db, generator):
     # Long enough that the first checkpoint (step 5) comes well before the end, short enough to run in seconds.
-    overrides = {"train": {"max_steps": 160, "eval_interval": 5, "log_interval": 5, "batch_size": 8}}
+    overrides = {"train": {"max_steps": 160, "eval_interval": 5, "log_interval": 5, "batch_size": 8},
+                 **GENERATORS[generator]}
     params = staged(**overrides)  # the uninterrupted reference, trained in this process below
 
     # A separate fresh project with the same params and corpus, trained by `python -m tasks.train` and killed.

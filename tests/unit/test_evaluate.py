@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from models.gpt import GPT, GPTConfig
-from tasks.evaluate import bits_per_byte, prompt_offsets, scoring_windows, stream_nll, text_scores
+from models.base import scoring_windows
+from tasks.evaluate import bits_per_byte, prompt_offsets, text_scores
 
 CPU = torch.device("cpu")
 
@@ -70,7 +71,7 @@ def test_stream_nll_equals_the_brute_force_sum(n_tokens, batch_size):
     model = GPT(GPTConfig(vocab_size=40, block_size=block, n_layer=1, n_head=2, n_embd=16, dropout=0.0)).eval()
     tokens = np.random.default_rng(n_tokens).integers(0, 40, n_tokens).astype(np.uint16)
 
-    total, count = stream_nll(model, tokens, batch_size, CPU)
+    total, count = model.score_stream(tokens, batch_size, CPU)
 
     expected_total, expected_count = brute_force_nll(model, tokens, block)
     assert count == expected_count == n_tokens - 1

@@ -100,10 +100,10 @@ def test_root_is_not_a_settable_key():
 
 
 def test_bad_literal_names_key_and_allowed_values():
-    message = error_of({"model": {"name": "lstm"}})
+    message = error_of({"model": {"name": "vae"}})
     assert "model.name" in message
-    assert "'lstm' is not allowed" in message
-    assert "allowed values: 'gpt'" in message
+    assert "'vae' is not allowed" in message
+    assert "allowed values: 'gpt', 'lstm' or 'gru'" in message
 
 
 def test_bad_device_lists_every_allowed_device():

@@ -1,0 +1,123 @@
+"""Recurrent language models: LSTM and GRU (`model.name: lstm | gru`), trained with truncated BPTT.
+
+Embedding → multi-layer recurrent core (dropout between layers) → linear head. During training the hidden state
+is carried from one window to the next of the same stream (the trainer feeds contiguous streams because
+`stateful` is set), detached at each window boundary so gradients flow back at most `block_size` tokens.
+Scoring the test stream also carries state across windows, so the model is judged with all the context it can use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.base import TextGenerator, pick_next
+
+State = Tensor | tuple[Tensor, Tensor]  # GRU: h; LSTM: (h, c); each (n_layer, B, n_hidden)
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    vocab_size: int  # from the tokenizer
+    n_layer: int = 2
+    n_embd: int = 128  # token embedding width
+    n_hidden: int = 256  # recurrent state width
+    dropout: float = 0.1
+    block_size: int = 128  # truncated BPTT window
+    eot_id: int = 0  # document separator: start token for unconditional samples
+
+
+def _detach(state: State) -> State:
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+def _as_tensors(state: State | None) -> list[Tensor]:
+    if state is None:
+        return []
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+class RecurrentLM(TextGenerator):
+    """A recurrent language model; subclasses choose the cell."""
+
+    Config = RNNConfig
+    stateful = True
+    cell: ClassVar[type[nn.RNNBase]]
+
+    def __init__(self, config: RNNConfig) -> None:
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.rnn = self.cell(config.n_embd, config.n_hidden, num_layers=config.n_layer, batch_first=True,
+                             dropout=config.dropout if config.n_layer > 1 else 0.0)
+        self.head = nn.Linear(config.n_hidden, config.vocab_size)
+        self._carried: State | None = None  # hidden state carried between consecutive training windows
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Return logits (B, T, V) for tokens x (B, T) and the state after the last token."""
+        h, state = self.rnn(self.drop(self.embed(x)), state)  # h: (B, T, n_hidden)
+        return self.head(self.drop(h)), state
+
+    def loss(self, batch: tuple[Tensor, ...]) -> Tensor:
+        """Cross-entropy of a window. A batch (x, y, fresh) from contiguous streams continues the carried state
+        (unless fresh); a plain (x, y) batch, as in validation, starts from zero state and carries nothing."""
+        x, y, *rest = batch
+        carry = bool(rest)
+        state = self._carried if carry and not rest[0] else None
+        logits, new_state = self(x, state)
+        if carry:
+            self._carried = _detach(new_state)  # truncate backpropagation at the window boundary
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+    def nll(self, x: Tensor, y: Tensor) -> Tensor:
+        logits, _ = self(x)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+
+    @torch.inference_mode()
+    def score_stream(self, tokens: np.ndarray, batch_size: int, device: torch.device) -> tuple[float, int]:
+        """Score the whole stream in one pass, chunk by chunk, carrying the state (batch_size is not needed)."""
+        ids = torch.from_numpy(np.asarray(tokens, dtype=np.int64)).to(device)
+        total, state, chunk = 0.0, None, max(self.block_size, 256)
+        for start in range(0, len(ids) - 1, chunk):
+            x = ids[start : start + chunk][None, :]  # (1, T)
+            y = ids[start + 1 : start + chunk + 1][None, :]
+            x = x[:, : y.size(1)]
+            logits, state = self(x, state)
+            total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
+        return total, max(len(ids) - 1, 0)
+
+    @torch.inference_mode()
+    def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Read the prompt, then sample one token at a time from the running state (no context limit)."""
+        logits, state = self(prompt)
+        new = []
+        for _ in range(max_new_tokens):
+            token = pick_next(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
+            new.append(token)
+            logits, state = self(token, state)
+        return torch.cat(new, dim=1) if new else prompt[:, :0]
+
+    def train_state(self) -> dict[str, Tensor]:
+        return {f"carried.{i}": t for i, t in enumerate(_as_tensors(self._carried))}
+
+    def load_train_state(self, state: dict[str, Tensor]) -> None:
+        tensors = [state[f"carried.{i}"] for i in range(len(state))]
+        device = next(self.parameters()).device
+        tensors = [t.to(device) for t in tensors]
+        self._carried = None if not tensors else tuple(tensors) if len(tensors) == 2 else tensors[0]
+
+
+class LSTM(RecurrentLM):
+    name = "lstm"
+    cell = nn.LSTM
+
+
+class GRU(RecurrentLM):
+    name = "gru"
+    cell = nn.GRU
