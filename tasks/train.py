@@ -382,6 +382,7 @@ def train(params: Params) -> dict:
         "n_params": model.n_params(),
         "steps": cfg.max_steps,
         "tokens_per_second": round(tokens_per_step * steps_run / seconds, 1) if steps_run else None,
+        "train_seconds": round(seconds, 1),  # of this invocation (a resumed run counts only its own steps)
         "device": trainer.device.type,
     }
     write_json(cfg.metrics_path, metrics)
