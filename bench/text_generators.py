@@ -2,7 +2,7 @@
 
 For every generator, `dvc exp run` in a fresh clone (sharing this checkout's .venv) trains, evaluates and registers
 it; the script then reads the metrics and times sampling from the trained weights (batch 1, 256 new tokens,
-temperature 1, top-k 50, after one warm-up call).
+temperature 1, top-k 50, best of 3 calls after a warm-up).
 
 Usage: python bench/text_generators.py [--steps 600]   (writes bench/results/text_generators.json)
 """
@@ -37,14 +37,13 @@ GENERATORS = {
 def sampling_tokens_per_second(model_dir: Path, n_new: int = 256) -> float:
     import torch
 
+    from bench.sampling import tokens_per_second
     from models.base import load_generator
 
     model = load_generator(model_dir).eval()
     start = torch.zeros((1, 1), dtype=torch.long)
-    model.generate(start, 16, temperature=1.0, top_k=50, generator=torch.Generator().manual_seed(0))  # warm-up
-    t0 = time.perf_counter()
-    model.generate(start, n_new, temperature=1.0, top_k=50, generator=torch.Generator().manual_seed(0))
-    return n_new / (time.perf_counter() - t0)
+    return tokens_per_second(lambda k: model.generate(start, k, temperature=1.0, top_k=50,
+                                                      generator=torch.Generator().manual_seed(0)), n_new)
 
 
 def main() -> None:
