@@ -8,6 +8,7 @@ cache (HF `generate` takes no generator, so seeded sampling would otherwise depe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.1  # embedding, attention and residual dropout alike
     eot_id: int = 0  # document separator: start token for unconditional samples
+    n_positions: int | None = None  # position table size; defaults to block_size (larger for checkpoints like gpt2)
 
 
 class GPT(TextGenerator):
@@ -37,7 +39,7 @@ class GPT(TextGenerator):
 
         hf = GPT2Config(
             vocab_size=config.vocab_size,
-            n_positions=config.block_size,
+            n_positions=config.n_positions or config.block_size,
             n_embd=config.n_embd,
             n_layer=config.n_layer,
             n_head=config.n_head,
@@ -48,6 +50,19 @@ class GPT(TextGenerator):
             eos_token_id=config.eot_id,
         )
         self.net = GPT2LMHeadModel(hf)
+
+    @classmethod
+    def from_hf(cls, directory: Path, block_size: int, dropout: float, eot_id: int) -> GPT:
+        """Start from a Hugging Face GPT-2 checkpoint directory, training on windows of `block_size` tokens."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        hf = GPT2Config.from_pretrained(directory)
+        config = GPTConfig(vocab_size=hf.vocab_size, block_size=min(block_size, hf.n_positions), n_layer=hf.n_layer,
+                           n_head=hf.n_head, n_embd=hf.n_embd, dropout=dropout, eot_id=eot_id,
+                           n_positions=hf.n_positions)
+        model = cls(config)
+        model.net.load_state_dict(GPT2LMHeadModel.from_pretrained(directory).state_dict())
+        return model
 
     def forward(self, x: Tensor) -> Tensor:
         """Return next-token logits (B, T, V) for tokens x (B, T)."""

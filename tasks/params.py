@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -103,6 +104,17 @@ class ModelParams(Section):
     gpt: GPTParams = Field(default_factory=dict)
     lstm: RNNParams = Field(default_factory=dict)
     gru: RNNParams = Field(default_factory=dict)
+    # Start from a checkpoint instead of random weights (gpt only): models:/NAME@alias or models:/NAME/VERSION,
+    # a local genpipe or Hugging Face model directory, or a hub id (online). Its tokenizer replaces preprocess's.
+    init_from: str | None = None
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from_family(cls, value: str | None, info: ValidationInfo) -> str | None:
+        name = info.data.get("name")
+        if value is not None and name != "gpt":
+            raise ValueError(f"supported for the gpt generator only (model.name is {name!r})")
+        return value
 
     @property
     def hparams(self) -> Section:

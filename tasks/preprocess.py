@@ -123,11 +123,21 @@ def preprocess(params: Params) -> dict:
     texts = [r["text"] for r in read_jsonl(params.clean.out_dir / CLEAN_FILE)]
     splits = split_documents(texts, cfg)
     log.info("preprocess: split %s", {s: len(d) for s, d in splits.items()})
-    if cfg.tokenizer == "char":
+    from tasks.pretrained import resolve_init_from
+
+    pretrained = resolve_init_from(params)
+    if pretrained is not None:  # a checkpoint's tokenizer comes with it: its token ids are what it learned
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(pretrained.tokenizer_path))
+        if tok.token_to_id(EOT) is None:
+            raise DataError(f"model.init_from: the tokenizer of {pretrained.spec!r} has no {EOT} token")
+        log.info("preprocess: using the tokenizer of %s", pretrained.spec)
+    elif cfg.tokenizer == "char":
         tok = train_char_tokenizer(splits["train"])
     else:
         tok = train_tokenizer(splits["train"], cfg.vocab_size)
-    meta: dict = {"tokenizer": cfg.tokenizer, "vocab_size": tok.get_vocab_size(), "eot_id": tok.token_to_id(EOT)}
+    meta: dict = {"tokenizer": params.model.init_from or cfg.tokenizer, "vocab_size": tok.get_vocab_size(), "eot_id": tok.token_to_id(EOT)}
     with atomic_path(cfg.out_dir) as out:
         out.mkdir()
         tok.save(str(out / TOKENIZER_FILE))

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.base import Generator, TextGenerator, generator_class
+from models.base import Generator, TextGenerator, generator_class, load_generator
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.io import atomic_path, sha256_file, write_json
 from tasks.params import Params, TrainParams
 from tasks.preprocess import META_FILE, load_tokens
+from tasks.pretrained import Pretrained, hf_architecture, resolve_init_from
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +175,37 @@ class Optimizers:
             opt.load_state_dict(state[name])
 
 
-def build_model(params: Params, vocab_size: int, eot_id: int) -> Generator:
-    """Instantiate the generator named by `model.name` from its params section and the data's vocabulary."""
+def build_model(params: Params, vocab_size: int, eot_id: int, pretrained: Pretrained | None = None) -> Generator:
+    """Instantiate the generator named by `model.name`: from `model.init_from` when set, else from its params
+    section and the data's vocabulary."""
+    if pretrained is not None:
+        return _from_checkpoint(params, vocab_size, eot_id, pretrained)
     cls = generator_class(params.model.name)
     hparams = params.model.hparams.model_dump()
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     extra = {k: v for k, v in {"vocab_size": vocab_size, "eot_id": eot_id}.items() if k in fields}
     return cls(cls.Config(**hparams, **extra))
+
+
+def _from_checkpoint(params: Params, vocab_size: int, eot_id: int, pretrained: Pretrained) -> Generator:
+    from tasks.errors import DataError
+
+    if pretrained.kind == "genpipe":
+        model = load_generator(pretrained.model_dir)
+        if model.name != params.model.name:
+            raise DataError(f"model.init_from: {pretrained.spec!r} is a {model.name} generator, not {params.model.name}")
+    else:
+        arch = hf_architecture(pretrained.model_dir)
+        if arch != "gpt2":
+            raise DataError(f"model.init_from: {pretrained.spec!r} is a {arch!r} model; the gpt generator takes gpt2")
+        from models.gpt import GPT
+
+        hp = params.model.gpt
+        model = GPT.from_hf(pretrained.model_dir, hp.block_size, hp.dropout, eot_id)
+    if model.config.vocab_size < vocab_size:
+        raise DataError(f"model.init_from: {pretrained.spec!r} has {model.config.vocab_size} token embeddings but "
+                        f"its tokenizer has {vocab_size} tokens")
+    return model
 
 
 @torch.no_grad()
@@ -202,7 +227,8 @@ def run_key(params: Params, data_digest: str) -> str:
     """Digest everything that determines the trained weights: model, training settings and data."""
     train = params.train.model_dump(exclude={"out_dir", "checkpoint_dir", "metrics_path", "plots_path",
                                              "log_interval", "device"})
-    model = {"name": params.model.name, **params.model.hparams.model_dump()}  # not the unchosen generators' params
+    model = {"name": params.model.name, "init_from": params.model.init_from,
+             **params.model.hparams.model_dump()}  # not the unchosen generators' params
     blob = json.dumps({"model": model, "train": train, "data": data_digest}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -262,7 +288,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)
-        self.model = build_model(params, self.meta["vocab_size"], self.meta["eot_id"]).to(self.device)
+        self.pretrained = resolve_init_from(params)
+        self.model = build_model(params, self.meta["vocab_size"], self.meta["eot_id"], self.pretrained).to(self.device)
         self.opt = Optimizers(self.model, cfg, self.device)
         train_tokens = load_tokens(data_dir, "train")
         if self.model.stateful:
@@ -334,7 +361,7 @@ class Trainer:
 
     def best_model(self, progress: Progress) -> tuple[Generator, int]:
         """Load the weights with the lowest validation loss; refuse if validation never gave a finite loss."""
-        best = build_model(self.params, self.meta["vocab_size"], self.meta["eot_id"])
+        best = build_model(self.params, self.meta["vocab_size"], self.meta["eot_id"], self.pretrained)
         state = load_checkpoint(self.ckpt_dir / "best", best)
         if state is None:
             from tasks.errors import UserError

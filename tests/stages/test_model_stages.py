@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import torch
 
 from models.base import CONFIG_FILE, WEIGHTS_FILE, load_generator
 from tasks.clean import clean
@@ -357,3 +358,102 @@ def test_a_diverged_run_exports_nothing_and_says_how_to_fix_it(project, staged):
     with pytest.raises(UserError, match="training diverged.*lower train.lr"):
         train(params)
     assert not params.train.out_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- init_from
+
+
+def hf_checkpoint(directory: Path, corpus_dir: Path) -> Path:
+    """Save a tiny GPT-2 and a BPE tokenizer trained on `corpus_dir` as a Hugging Face model directory."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tasks.preprocess import train_tokenizer
+
+    texts = [json.loads(line)["text"] for line in (corpus_dir / "corpus.jsonl").read_text().splitlines()]
+    tok = train_tokenizer(texts, 300)
+    torch.manual_seed(3)
+    GPT2LMHeadModel(GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=64, n_layer=1, n_head=2,
+                               n_embd=32)).save_pretrained(directory)
+    tok.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+def test_init_from_a_hugging_face_directory_uses_its_tokenizer_and_weights(project, staged, tmp_path_factory):
+    from transformers import GPT2LMHeadModel
+
+    from tasks.train import Trainer
+
+    project.write_corpus()
+    ckpt = hf_checkpoint(tmp_path_factory.mktemp("hf"), project.path("data", "inputs"))
+    params = staged(model={"init_from": str(ckpt)})
+    assert (params.preprocess.out_dir / "tokenizer.json").read_text() == (ckpt / "tokenizer.json").read_text()
+    trainer = Trainer(params)
+    reference = GPT2LMHeadModel.from_pretrained(ckpt).state_dict()
+    for name, tensor in trainer.model.net.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+    assert trainer.model.block_size == 32  # trains on model.gpt.block_size windows of the 64-position checkpoint
+    metrics = train(params)
+    assert math.isfinite(metrics["best_val_loss"])
+
+
+def test_finetuning_the_registered_champion_beats_training_from_scratch(project, staged):
+    """Pretrain and register on one half of a corpus; on the other half, fine-tuning the champion for a few
+    steps reaches a lower test bits per byte than training from scratch for the same steps."""
+    pretrain = {"train": {"max_steps": 120, "eval_interval": 40, "lr": 0.01, "warmup_steps": 5}}
+    params = staged(**pretrain)
+    train(params)
+    evaluate(params)
+    register(params)
+    name = params.register.model_name
+
+    project.write_corpus(n_docs=200, seed=1)  # a related corpus: the same generator, other documents
+    short = {"train": {"max_steps": 10, "eval_interval": 5, "lr": 0.003, "warmup_steps": 1},
+             "ingest": {"sources": ["data/inputs/corpus.jsonl"]}}
+    scratch = parse_params(merge_params(project.data, short), root=project.root)
+    for stage in (ingest, clean, preprocess, train):  # the same registry: no fresh database here
+        stage(scratch)
+    scratch_bpb = evaluate(scratch)["test_bpb"]
+
+    tuned = parse_params(merge_params(project.data, short | {"model": {"init_from": f"models:/{name}@champion"}}),
+                         root=project.root)
+    preprocess(tuned)
+    train(tuned)
+    tuned_bpb = evaluate(tuned)["test_bpb"]
+    assert tuned_bpb < scratch_bpb, (tuned_bpb, scratch_bpb)
+
+
+def merge_params(base: dict, over: dict) -> dict:
+    out = json.loads(json.dumps(base))
+    for k, v in over.items():
+        out[k] = merge_params(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("./no/such/model", "no such model directory"),
+    ("empty-dir", "is not a model directory"),
+    ("llama-dir", "is a 'llama' model; the gpt generator takes gpt2"),
+    ("models:/never-registered@champion", "not found in the registry"),
+])
+def test_bad_init_from_is_a_one_line_error_naming_it(project, staged, spec, message):
+    from tasks.errors import DataError
+
+    project.path("empty-dir").mkdir()
+    llama = project.path("llama-dir")
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    project.write_corpus()
+    params = staged()  # data staged with the default tokenizer; now point init_from at the bad spec
+    params = parse_params(merge_params(project.data, {"model": {"init_from": spec}}), root=project.root)
+    if spec == "llama-dir":
+        (llama / "tokenizer.json").write_text((params.preprocess.out_dir / "tokenizer.json").read_text())
+    with pytest.raises(DataError, match=message) as err:
+        train(params)
+    assert spec in str(err.value) and "\n" not in str(err.value)
+
+
+def test_init_from_is_refused_for_recurrent_generators(project):
+    from tasks.errors import ParamsError
+
+    with pytest.raises(ParamsError, match="model.init_from.*gpt generator only"):
+        project.make_params(model={"name": "lstm", "init_from": "models:/x@champion"})
