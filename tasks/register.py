@@ -126,7 +126,8 @@ def register(params: Params) -> dict:
     decision = "promoted" if promote else "kept_champion"
     tags = {"decision": decision, "promote_metric": cfg.promote_metric, "challenger_value": str(value),
             "champion_version_before": str(champion_version), "champion_value_before": str(champion_value),
-            "min_improvement": str(cfg.min_improvement), "data_sha256": data_digest, "generator": params.model.name}
+            "min_improvement": str(cfg.min_improvement), "data_sha256": data_digest, "generator": params.model.name,
+            "init_from": params.model.init_from or "scratch"}
     for key, val in tags.items():
         client.set_model_version_tag(cfg.model_name, version, key, val)
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)

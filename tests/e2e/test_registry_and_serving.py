@@ -113,3 +113,46 @@ def test_bad_requests_get_http_400_naming_the_field_and_the_server_stays_up(serv
     assert resp.status_code == 400, resp.text
     assert needle in resp.json()["message"]
     assert requests.get(f"{server}/ping", timeout=5).status_code == 200
+
+
+def stdlib_docstrings(min_chars: int = 200) -> list[str]:
+    """Another English corpus that needs no network: the docstrings of standard-library functions and classes."""
+    import importlib
+    import inspect
+
+    docs = set()
+    for name in ("os", "json", "re", "pathlib", "collections", "itertools", "functools", "argparse", "logging",
+                 "subprocess", "shutil", "tarfile", "zipfile", "datetime", "statistics", "decimal", "textwrap"):
+        module = importlib.import_module(name)
+        for _, obj in inspect.getmembers(module):
+            doc = inspect.getdoc(obj)
+            if doc and len(doc) >= min_chars:
+                docs.add(doc)
+    return sorted(docs)
+
+
+def test_finetune_the_champion_on_another_corpus_through_dvc_repro(built, client):
+    name = model_name(built)
+    champion = client.get_model_version_by_alias(name, "champion")
+    docs = stdlib_docstrings()
+    assert len(docs) > 200
+    inputs = built.root / "data/inputs/docstrings.jsonl"
+    inputs.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    built.set_params({"ingest": {"sources": ["data/inputs/docstrings.jsonl"]},
+                      "model": {"init_from": f"models:/{name}/{champion.version}"},
+                      "train": {"max_steps": 20, "eval_interval": 10, "warmup_steps": 2}})
+    built.run("dvc", "repro")
+
+    meta = json.loads((built.root / "data/processed/meta.json").read_text())
+    assert meta["tokenizer"] == f"models:/{name}/{champion.version}"  # the champion's tokenizer, not a new one
+    decision = json.loads((built.root / "metrics/register.json").read_text())
+    tuned = client.get_model_version(name, str(decision["version"]))
+    assert tuned.tags["init_from"] == f"models:/{name}/{champion.version}"
+    assert "up to date" in built.run("dvc", "status").stdout
+
+    import mlflow
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{tuned.version}")
+    out = model.predict(pd.DataFrame([{"prompt": "Return the", "max_new_tokens": 8, "seed": 0}]))
+    assert isinstance(out["text"][0], str)
