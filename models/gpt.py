@@ -7,7 +7,8 @@ cache (HF `generate` takes no generator, so seeded sampling would otherwise depe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +28,13 @@ class GPTConfig:
     dropout: float = 0.1  # embedding, attention and residual dropout alike
     eot_id: int = 0  # document separator: start token for unconditional samples
     n_positions: int | None = None  # position table size; defaults to block_size (larger for checkpoints like gpt2)
+    lora_r: int = 0  # > 0: the weights are frozen and LoRA adapters of this rank train (peft)
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:  # JSON gives lists back: keep the config comparable after a round trip
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
 
 class GPT(TextGenerator):
@@ -50,6 +58,8 @@ class GPT(TextGenerator):
             eos_token_id=config.eot_id,
         )
         self.net = GPT2LMHeadModel(hf)
+        if config.lora_r:
+            self.net = _with_adapters(self.net, config)
 
     @classmethod
     def from_hf(cls, directory: Path, block_size: int, dropout: float, eot_id: int) -> GPT:
@@ -63,6 +73,18 @@ class GPT(TextGenerator):
         model = cls(config)
         model.net.load_state_dict(GPT2LMHeadModel.from_pretrained(directory).state_dict())
         return model
+
+    def with_lora(self, r: int, alpha: float, dropout: float, targets: list[str]) -> GPT:
+        """Freeze every weight and add trainable LoRA adapters on the `targets` modules."""
+        self.config = replace(self.config, lora_r=r, lora_alpha=alpha, lora_dropout=dropout, lora_targets=tuple(targets))
+        self.net = _with_adapters(self.net, self.config)
+        return self
+
+    def merged(self) -> GPT:
+        """Return a plain GPT whose weights have the adapters folded in (no peft needed to load it)."""
+        plain = GPT(replace(self.config, lora_r=0, lora_targets=()))
+        plain.net.load_state_dict(copy.deepcopy(self.net).merge_and_unload().state_dict())
+        return plain
 
     def forward(self, x: Tensor) -> Tensor:
         """Return next-token logits (B, T, V) for tokens x (B, T)."""
@@ -94,3 +116,21 @@ class GPT(TextGenerator):
             new.append(context)
             tokens = torch.cat([tokens, context], dim=1)
         return torch.cat(new, dim=1) if new else prompt[:, :0]
+
+
+def _with_adapters(net, config: GPTConfig):
+    """Wrap a GPT2LMHeadModel with peft LoRA adapters; name the modules that exist if a target does not."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_targets), fan_in_fan_out=True)  # GPT-2 uses Conv1D (in, out)
+    try:
+        return get_peft_model(net, lora)
+    except ValueError as exc:  # peft's NoMatchingPeftModuleError is a ValueError
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in net.named_modules() if type(m).__name__ in ("Conv1D", "Linear")})
+        raise LoraTargetError(f"model.lora.target_modules: {list(config.lora_targets)} not found in the model; "
+                              f"its linear layers are: {', '.join(names)}") from exc
+
+
+class LoraTargetError(ValueError):
+    """LoRA was asked to adapt modules the model does not have."""

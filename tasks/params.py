@@ -99,6 +99,13 @@ class RNNParams(Section):
     block_size: int = Field(128, ge=2)  # truncated BPTT: gradients flow back this many tokens; state carries on
 
 
+class LoraParams(Section):
+    r: int = Field(8, ge=1)  # adapter rank
+    alpha: float = Field(16.0, gt=0)  # scaling: updates are multiplied by alpha / r
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["c_attn"], min_length=1)  # GPT-2: c_attn, c_proj, c_fc
+
+
 class ModelParams(Section):
     name: Literal["gpt", "lstm", "gru"] = "gpt"  # the generator; its hyper-parameters are in the section so named
     gpt: GPTParams = Field(default_factory=dict)
@@ -107,8 +114,10 @@ class ModelParams(Section):
     # Start from a checkpoint instead of random weights (gpt only): models:/NAME@alias or models:/NAME/VERSION,
     # a local genpipe or Hugging Face model directory, or a hub id (online). Its tokenizer replaces preprocess's.
     init_from: str | None = None
+    # Train low-rank adapters only (gpt only; usually with init_from); null trains every weight.
+    lora: LoraParams | None = None
 
-    @field_validator("init_from")
+    @field_validator("init_from", "lora")
     @classmethod
     def _init_from_family(cls, value: str | None, info: ValidationInfo) -> str | None:
         name = info.data.get("name")
@@ -176,6 +185,7 @@ class RegisterParams(Section):
     artifacts_dir: ProjectPath = Path("mlartifacts")  # where a new experiment stores its artifacts
     promote_metric: Literal["test_bpb", "test_perplexity", "bleu", "rouge_l"] = "test_bpb"
     min_improvement: float = Field(0.0, ge=0)  # absolute margin, in the metric's units, a challenger must win by
+    lora_export: Literal["merged", "adapter"] = "merged"  # LoRA models: fold adapters into weights, or keep apart
     metrics_path: ProjectPath = Path("metrics/register.json")
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -54,10 +55,22 @@ def _signature():
     return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string", "text")]))
 
 
-def _requirements() -> list[str]:
+def _requirements(with_peft: bool) -> list[str]:
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("torch", "transformers", "tokenizers", "safetensors", "mlflow", "pandas")]
+    packages = ["torch", "transformers", "tokenizers", "safetensors", "mlflow", "pandas"] + ["peft"] * with_peft
+    return [f"{p}=={version(p)}" for p in packages]
+
+
+def _generator_to_log(params: Params, scratch: Path) -> Path:
+    """Return the generator directory to log: as trained, or with LoRA adapters merged into the weights."""
+    if params.model.lora is None or params.register.lora_export == "adapter":
+        return params.train.out_dir
+    from models.base import load_generator
+
+    merged = scratch / "generator"
+    load_generator(params.train.out_dir).merged().save(merged)
+    return merged
 
 
 def _current_champion(client, name: str, metric: str) -> tuple[str | None, float | None]:
@@ -92,7 +105,7 @@ def register(params: Params) -> dict:
     value = float("nan") if value is None else float(value)
 
     resumed = run_exists(run_id)
-    with mlflow.start_run(run_id=run_id if resumed else None, experiment_id=experiment_id) as run:
+    with tempfile.TemporaryDirectory() as scratch, mlflow.start_run(run_id=run_id if resumed else None, experiment_id=experiment_id) as run:
         if not resumed:  # training was logged elsewhere (or restored from DVC's cache): backfill its curve
             mlflow.log_params({"model.name": params.model.name,
                                **{f"model.{k}": v for k, v in params.model.hparams.model_dump().items()}})
@@ -104,16 +117,18 @@ def register(params: Params) -> dict:
             source = resolve_dataset_source(str(data_dir))
         mlflow.log_input(MetaDataset(source, name="corpus", digest=data_digest[:16]), context="training")
         mlflow.log_artifact(str(params.evaluate.out_dir / "samples.jsonl"), artifact_path="evaluation")
+        generator_dir = _generator_to_log(params, Path(scratch))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_FILE),
-            artifacts={"generator": str(params.train.out_dir), "tokenizer": str(data_dir / TOKENIZER_FILE),
+            artifacts={"generator": str(generator_dir), "tokenizer": str(data_dir / TOKENIZER_FILE),
                        "data_meta": str(data_dir / META_FILE)},
             code_paths=[str(MODELS_DIR)],
             signature=_signature(),
             input_example={"prompt": ["The "], "max_new_tokens": [8], "temperature": [0.0], "top_k": [0],
                            "seed": [0]},
-            pip_requirements=_requirements(),
+            pip_requirements=_requirements(with_peft=generator_dir == params.train.out_dir and
+                                           params.model.lora is not None),
             registered_model_name=cfg.model_name,
         )
         run_id = run.info.run_id
@@ -127,7 +142,8 @@ def register(params: Params) -> dict:
     tags = {"decision": decision, "promote_metric": cfg.promote_metric, "challenger_value": str(value),
             "champion_version_before": str(champion_version), "champion_value_before": str(champion_value),
             "min_improvement": str(cfg.min_improvement), "data_sha256": data_digest, "generator": params.model.name,
-            "init_from": params.model.init_from or "scratch"}
+            "init_from": params.model.init_from or "scratch",
+            "lora": "none" if params.model.lora is None else params.register.lora_export}
     for key, val in tags.items():
         client.set_model_version_tag(cfg.model_name, version, key, val)
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)

@@ -178,8 +178,22 @@ class Optimizers:
 def build_model(params: Params, vocab_size: int, eot_id: int, pretrained: Pretrained | None = None) -> Generator:
     """Instantiate the generator named by `model.name`: from `model.init_from` when set, else from its params
     section and the data's vocabulary."""
-    if pretrained is not None:
-        return _from_checkpoint(params, vocab_size, eot_id, pretrained)
+    model = _from_checkpoint(params, vocab_size, eot_id, pretrained) if pretrained else _fresh(params, vocab_size,
+                                                                                                  eot_id)
+    lora = params.model.lora
+    if lora is not None:
+        from models.gpt import LoraTargetError
+
+        try:
+            model = model.with_lora(lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        except LoraTargetError as exc:
+            from tasks.errors import DataError
+
+            raise DataError(str(exc)) from None
+    return model
+
+
+def _fresh(params: Params, vocab_size: int, eot_id: int) -> Generator:
     cls = generator_class(params.model.name)
     hparams = params.model.hparams.model_dump()
     fields = {f.name for f in dataclasses.fields(cls.Config)}
@@ -387,8 +401,10 @@ def train(params: Params) -> dict:
     first_step = progress.step
     progress.run_id = _start_mlflow(params, progress.run_id)
     model = trainer.model
-    log.info("train: %s with %.2fM parameters on %s%s, %d steps", model.name, model.n_params() / 1e6,
-             trainer.device, " (bf16 autocast)" if trainer.opt.dtype else "", cfg.max_steps)
+    n_total, n_trainable = model.n_params(), model.n_params(trainable_only=True)
+    log.info("train: %s with %.2fM parameters (%d trainable, %.2f%%) on %s%s, %d steps", model.name, n_total / 1e6,
+             n_trainable, 100 * n_trainable / n_total, trainer.device, " (bf16 autocast)" if trainer.opt.dtype else "",
+             cfg.max_steps)
     start = time.perf_counter()
     try:
         trainer.fit(progress)
@@ -406,7 +422,9 @@ def train(params: Params) -> dict:
         "best_val_loss": round(progress.best_val, 5),
         "best_step": best_step,
         "final_train_loss": progress.history[-1]["train_loss"],
-        "n_params": model.n_params(),
+        "n_params": n_total,
+        "n_params_trainable": n_trainable,
+        "trainable_fraction": round(n_trainable / n_total, 6),
         "steps": cfg.max_steps,
         "tokens_per_second": round(tokens_per_step * steps_run / seconds, 1) if steps_run else None,
         "train_seconds": round(seconds, 1),  # of this invocation (a resumed run counts only its own steps)

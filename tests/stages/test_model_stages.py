@@ -457,3 +457,33 @@ def test_init_from_is_refused_for_recurrent_generators(project):
 
     with pytest.raises(ParamsError, match="model.init_from.*gpt generator only"):
         project.make_params(model={"name": "lstm", "init_from": "models:/x@champion"})
+
+
+# ---------------------------------------------------------------------------------------------------- LoRA
+
+LORA = {"model": {"lora": {"r": 2, "alpha": 4.0, "target_modules": ["c_attn"]}}}
+
+
+def test_lora_trains_adapters_only_and_both_exports_serve_the_same_text(project, staged):
+    params = staged(**LORA)
+    metrics = train(params)
+    assert 0 < metrics["n_params_trainable"] < metrics["n_params"]
+    assert metrics["trainable_fraction"] == pytest.approx(metrics["n_params_trainable"] / metrics["n_params"], 1e-4)
+    evaluate(params)
+    name = params.register.model_name
+    request = pd.DataFrame([{"prompt": "The", "max_new_tokens": 12, "temperature": 0.0}])
+    texts = {}
+    for export in ("merged", "adapter"):
+        p = parse_params(merge_params(project.data, {"register": {"lora_export": export}}), root=project.root)
+        version = register(p)["version"]
+        assert mlflow.MlflowClient().get_model_version(name, str(version)).tags["lora"] == export
+        texts[export] = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(request)["text"][0]
+    assert texts["merged"] == texts["adapter"]
+
+
+def test_lora_on_modules_the_model_lacks_is_a_one_line_error(project, staged):
+    from tasks.errors import DataError
+
+    params = staged(model={"lora": {"target_modules": ["q_proj", "v_proj"]}})
+    with pytest.raises(DataError, match=r"model.lora.target_modules: \['q_proj', 'v_proj'\] not found"):
+        train(params)
