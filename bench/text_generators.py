@@ -31,6 +31,10 @@ GENERATORS = {
     "gpt-bpe": ["model.name=gpt", "preprocess.tokenizer=bpe"],
     "lstm-char": ["model.name=lstm", "preprocess.tokenizer=char"],
     "gru-char": ["model.name=gru", "preprocess.tokenizer=char"],
+    # Both start from version 1, the gpt-bpe model registered by the first row in this clone's registry.
+    "gpt-finetuned": ["model.name=gpt", "preprocess.tokenizer=bpe", "model.init_from=models:/text-generator/1"],
+    "gpt-lora": ["model.name=gpt", "preprocess.tokenizer=bpe", "model.init_from=models:/text-generator/1",
+                 "model.lora={r: 8, alpha: 16, dropout: 0.0, target_modules: [c_attn]}"],
 }
 
 
@@ -71,7 +75,7 @@ def main() -> None:
         rows.append({
             "generator": name, "steps": args.steps, "test_bpb": ev["test_bpb"],
             "test_perplexity": ev["test_perplexity"], "bleu": ev["bleu"], "rouge_l": ev["rouge_l"],
-            "params_trainable": tr["n_params"], "params_total": tr["n_params"], "train_seconds": tr["train_seconds"],
+            "params_trainable": tr["n_params_trainable"], "params_total": tr["n_params"], "train_seconds": tr["train_seconds"],
             "train_tokens_per_second": tr["tokens_per_second"], "pipeline_seconds": round(wall, 1),
             "sampling_tokens_per_second": round(sampling_tokens_per_second(clone / "artifacts/train"), 1),
             "test_unigram_bpb": ev["test_unigram_bpb"],
