@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,6 +82,40 @@ class Project:
 
     def tracking_uri(self) -> str:
         return "sqlite:///" + str(self.root / "mlflow.db")
+
+    @contextlib.contextmanager
+    def serve(self, model_uri: str) -> Iterator[str]:
+        """Run `mlflow models serve` on `model_uri`; yield its base URL once /ping answers."""
+        import requests
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(self.env, MLFLOW_TRACKING_URI=self.tracking_uri())
+        proc = subprocess.Popen(["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+                                 "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"mlflow models serve exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
+                try:
+                    if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail("mlflow models serve did not answer /ping within 120 s")
+                time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def make_project(tmp: Path) -> Project:

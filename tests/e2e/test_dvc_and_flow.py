@@ -6,6 +6,7 @@ import json
 import sys
 
 import pytest
+import requests
 import yaml
 
 pytestmark = pytest.mark.e2e
@@ -77,9 +78,13 @@ def test_lstm_on_characters_trains_registers_and_generates(built):
     name = built.params["register"]["model_name"]
     version = json.loads((built.root / "metrics/register.json").read_text())["version"]
     assert mlflow.MlflowClient().get_model_version(name, str(version)).tags["generator"] == "lstm"
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    text = model.predict(pd.DataFrame([{"prompt": "The ", "max_new_tokens": 30, "seed": 1}]))["text"][0]
+    body = {"prompt": "The ", "max_new_tokens": 30, "seed": 1}
+    text = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(pd.DataFrame([body]))["text"][0]
     assert isinstance(text, str) and 0 < len(text) <= 30  # one character per token (end-of-text is not shown)
+    with built.serve(f"models:/{name}/{version}") as url:
+        resp = requests.post(f"{url}/invocations", json={"dataframe_records": [body]}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["predictions"][0]["text"] == text
 
 
 def test_missing_source_fails_with_one_line_and_nothing_valid_left(built):

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import time
-
 import pytest
 import requests
 
@@ -59,36 +55,10 @@ def test_worse_challenger_does_not_take_champion(built, client):
     assert decision["promoted"] is False and decision["champion_version"] == int(champion.version)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(built):
-    port = free_port()
-    env = dict(built.env, MLFLOW_TRACKING_URI=built.tracking_uri())
-    proc = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", f"models:/{model_name(built)}@champion", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=built.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow models serve did not answer /ping within 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with built.serve(f"models:/{model_name(built)}@champion") as url:
+        yield url
 
 
 def test_served_champion_answers_a_prompt_over_http(server):
@@ -139,7 +109,9 @@ def test_finetune_the_champion_on_another_corpus_through_dvc_repro(built, client
     inputs = built.root / "data/inputs/docstrings.jsonl"
     inputs.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     built.set_params({"ingest": {"sources": ["data/inputs/docstrings.jsonl"]},
-                      "model": {"init_from": f"models:/{name}/{champion.version}"},
+                      "model": {"init_from": f"models:/{name}/{champion.version}",
+                                "lora": {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["c_attn"]}},
+                      "register": {"lora_export": "adapter"},
                       "train": {"max_steps": 20, "eval_interval": 10, "warmup_steps": 2}})
     built.run("dvc", "repro")
 
@@ -148,11 +120,18 @@ def test_finetune_the_champion_on_another_corpus_through_dvc_repro(built, client
     decision = json.loads((built.root / "metrics/register.json").read_text())
     tuned = client.get_model_version(name, str(decision["version"]))
     assert tuned.tags["init_from"] == f"models:/{name}/{champion.version}"
+    assert tuned.tags["lora"] == "adapter"
+    trained = json.loads((built.root / "metrics/train.json").read_text())
+    assert trained["n_params_trainable"] < 0.05 * trained["n_params"]
     assert "up to date" in built.run("dvc", "status").stdout
 
     import mlflow
     import pandas as pd
 
     model = mlflow.pyfunc.load_model(f"models:/{name}/{tuned.version}")
-    out = model.predict(pd.DataFrame([{"prompt": "Return the", "max_new_tokens": 8, "seed": 0}]))
-    assert isinstance(out["text"][0], str)
+    body = {"prompt": "Return the", "max_new_tokens": 8, "seed": 0}
+    local = model.predict(pd.DataFrame([body]))["text"][0]
+    with built.serve(f"models:/{name}/{tuned.version}") as url:  # base + adapter, served over HTTP
+        resp = requests.post(f"{url}/invocations", json={"dataframe_records": [body]}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["predictions"][0]["text"] == local
