@@ -178,8 +178,10 @@ class Optimizers:
 def build_model(params: Params, vocab_size: int, eot_id: int, pretrained: Pretrained | None = None) -> Generator:
     """Instantiate the generator named by `model.name`: from `model.init_from` when set, else from its params
     section and the data's vocabulary."""
-    model = _from_checkpoint(params, vocab_size, eot_id, pretrained) if pretrained else _fresh(params, vocab_size,
-                                                                                                  eot_id)
+    if pretrained is not None:
+        model = _from_checkpoint(params, vocab_size, eot_id, pretrained)
+    else:
+        model = _fresh(params, vocab_size, eot_id)
     lora = params.model.lora
     if lora is not None:
         from models.gpt import LoraTargetError
