@@ -8,7 +8,6 @@ true continuations; a set of seeded samples written to `samples.jsonl`.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from models.base import TextGenerator, load_generator
-from tasks.io import atomic_path, write_json, write_jsonl
+from tasks.io import atomic_path, read_json, write_json, write_jsonl
 from tasks.params import EvaluateParams, Params
 from tasks.preprocess import META_FILE, TOKENIZER_FILE, load_tokens
 from tasks.train import pick_device
@@ -81,7 +80,7 @@ def evaluate(params: Params) -> dict:
 
     cfg = params.evaluate
     data_dir = params.preprocess.out_dir
-    meta = json.loads((data_dir / META_FILE).read_text(encoding="utf-8"))
+    meta = read_json(data_dir / META_FILE)
     tok = Tokenizer.from_file(str(data_dir / TOKENIZER_FILE))
     device = pick_device(params.train.device)
     model = load_generator(params.train.out_dir, device).eval()

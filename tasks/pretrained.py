@@ -11,12 +11,12 @@ Accepted forms:
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from models.base import CONFIG_FILE
 from tasks.errors import DataError
+from tasks.io import read_json
 from tasks.params import Params
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -97,4 +97,4 @@ def resolve_init_from(params: Params) -> Pretrained | None:
 
 def hf_architecture(model_dir: Path) -> str:
     """Return the `model_type` of a Hugging Face model directory."""
-    return json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type", "unknown")
+    return read_json(model_dir / "config.json").get("model_type", "unknown")

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from models.base import Generator, TextGenerator, generator_class, load_generator
 from tasks.checkpoint import load_checkpoint, save_checkpoint
-from tasks.io import atomic_path, sha256_file, write_json
+from tasks.io import atomic_path, read_json, sha256_file, write_json
 from tasks.params import Params, TrainParams
 from tasks.preprocess import META_FILE, load_tokens
 from tasks.pretrained import Pretrained, hf_architecture, resolve_init_from
@@ -296,7 +296,7 @@ class Trainer:
     def __init__(self, params: Params) -> None:
         cfg, data_dir = params.train, params.preprocess.out_dir
         self.params, self.cfg = params, cfg
-        self.meta = json.loads((data_dir / META_FILE).read_text(encoding="utf-8"))
+        self.meta = read_json(data_dir / META_FILE)
         digest = hashlib.sha256(b"".join(sha256_file(data_dir / f).encode()
                                          for f in (META_FILE, "train.npy", "val.npy"))).hexdigest()
         self.device = pick_device(cfg.device)

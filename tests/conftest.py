@@ -151,6 +151,10 @@ class Project:
         (self.root / "params.yaml").write_text(yaml.safe_dump(self.data, sort_keys=False), encoding="utf-8")
         return parse_params(copy.deepcopy(self.data), root=self.root)
 
+    def params_with(self, overrides: dict[str, Any]) -> Params:
+        """Return the current params with `overrides` merged in, without rewriting params.yaml."""
+        return parse_params(merge(self.data, overrides), root=self.root)
+
     def write_corpus(self, n_docs: int = 200, name: str = "corpus.jsonl", seed: int = 0) -> list[str]:
         """Write `n_docs` generated documents to `data/inputs/<name>` (.jsonl: one per line; else one per file
         in `data/inputs/<stem>/`); return the documents."""

@@ -409,24 +409,16 @@ def test_finetuning_the_registered_champion_beats_training_from_scratch(project,
     project.write_corpus(n_docs=200, seed=1)  # a related corpus: the same generator, other documents
     short = {"train": {"max_steps": 10, "eval_interval": 5, "lr": 0.003, "warmup_steps": 1},
              "ingest": {"sources": ["data/inputs/corpus.jsonl"]}}
-    scratch = parse_params(merge_params(project.data, short), root=project.root)
+    scratch = project.params_with(short)
     for stage in (ingest, clean, preprocess, train):  # the same registry: no fresh database here
         stage(scratch)
     scratch_bpb = evaluate(scratch)["test_bpb"]
 
-    tuned = parse_params(merge_params(project.data, short | {"model": {"init_from": f"models:/{name}@champion"}}),
-                         root=project.root)
+    tuned = project.params_with(short | {"model": {"init_from": f"models:/{name}@champion"}})
     preprocess(tuned)
     train(tuned)
     tuned_bpb = evaluate(tuned)["test_bpb"]
     assert tuned_bpb < scratch_bpb, (tuned_bpb, scratch_bpb)
-
-
-def merge_params(base: dict, over: dict) -> dict:
-    out = json.loads(json.dumps(base))
-    for k, v in over.items():
-        out[k] = merge_params(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -444,7 +436,7 @@ def test_bad_init_from_is_a_one_line_error_naming_it(project, staged, spec, mess
     (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
     project.write_corpus()
     params = staged()  # data staged with the default tokenizer; now point init_from at the bad spec
-    params = parse_params(merge_params(project.data, {"model": {"init_from": spec}}), root=project.root)
+    params = project.params_with({"model": {"init_from": spec}})
     if spec == "llama-dir":
         (llama / "tokenizer.json").write_text((params.preprocess.out_dir / "tokenizer.json").read_text())
     with pytest.raises(DataError, match=message) as err:
@@ -474,7 +466,7 @@ def test_lora_trains_adapters_only_and_both_exports_serve_the_same_text(project,
     request = pd.DataFrame([{"prompt": "The", "max_new_tokens": 12, "temperature": 0.0}])
     texts = {}
     for export in ("merged", "adapter"):
-        p = parse_params(merge_params(project.data, {"register": {"lora_export": export}}), root=project.root)
+        p = project.params_with({"register": {"lora_export": export}})
         version = register(p)["version"]
         assert mlflow.MlflowClient().get_model_version(name, str(version)).tags["lora"] == export
         texts[export] = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(request)["text"][0]
