@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(strip $(TORCH_SPEC))"
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	touch $(STAMP)
 
