@@ -10,9 +10,10 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_EXTRA_LOGGERS := tasks,flows,models
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run flow test test-fast serve ui-mlflow clean
+.PHONY: setup run flow deploy prefect-server test test-fast serve ui-mlflow clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,12 @@ run: setup  ## run the default pipeline (dvc repro) on the embedded corpus
 
 flow: setup  ## run the same pipeline as a Prefect flow
 	python -m flows.pipeline
+
+deploy: setup  ## apply the Prefect deployments and run them (needs PREFECT_API_URL; see README)
+	python -m flows.deploy
+
+prefect-server: setup  ## the Prefect server and UI on http://127.0.0.1:4200
+	prefect server start
 
 test: setup  ## the whole suite: unit, stage and end-to-end tests
 	python -m pytest

@@ -15,3 +15,7 @@ class ParamsError(UserError):
 
 class DataError(UserError):
     """Input data is missing, unreadable or unusable."""
+
+
+class SourceUnavailable(DataError):
+    """A network source could not be reached or answered 5xx/429: a later attempt may succeed (the flow retries)."""

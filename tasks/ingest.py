@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import DataError
+from tasks.errors import DataError, SourceUnavailable
 from tasks.io import atomic_path, sha256_bytes, sha256_file, write_json, write_jsonl
 from tasks.params import IngestParams, Params
 
@@ -129,15 +129,17 @@ def expand_local(pattern: str, root: Path) -> list[Path]:
 
 
 def fetch_url(url: str, timeout_s: float) -> bytes:
-    """Download a URL; raise DataError with the status or reason on failure."""
+    """Download a URL. Raise SourceUnavailable when trying again may help (unreachable, timeout, HTTP 5xx or 429)
+    and DataError when it will not (other HTTP errors)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (scheme checked by caller)
             return resp.read()
     except urllib.error.HTTPError as exc:
-        raise DataError(f"source {url!r}: HTTP {exc.code} {exc.reason}") from None
+        transient = exc.code >= 500 or exc.code == 429
+        raise (SourceUnavailable if transient else DataError)(f"source {url!r}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DataError(f"source {url!r}: could not fetch ({reason})") from None
+        raise SourceUnavailable(f"source {url!r}: could not fetch ({reason})") from None
 
 
 def read_hf(spec: str, field: str) -> tuple[list[str], bytes]:

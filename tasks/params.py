@@ -6,6 +6,8 @@ against the directory holding params.yaml (the project root), so stages run the 
 
 from __future__ import annotations
 
+import os
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,13 +29,39 @@ from tasks.errors import ParamsError
 PARAMS_FILE = "params.yaml"
 
 
+STAGES = ("ingest", "clean", "preprocess", "train", "evaluate", "register")  # dvc.yaml order
+
+
 def _resolve(value: Path, info: ValidationInfo) -> Path:
     root = (info.context or {}).get("root")
     return value if value.is_absolute() or root is None else Path(root) / value
 
 
+def _resolve_state(value: Path, info: ValidationInfo) -> Path:
+    ctx = info.context or {}
+    root = ctx.get("state_root", ctx.get("root"))
+    return value if value.is_absolute() or root is None else Path(root) / value
+
+
 # A path in params.yaml: written relative to the project root, held absolute once loaded.
 ProjectPath = Annotated[Path, AfterValidator(_resolve)]
+# State shared by every run of the project (registry, checkpoints): relative to the main project even when DVC runs
+# an experiment in a temporary copy of it (see `state_root`).
+StatePath = Annotated[Path, AfterValidator(_resolve_state)]
+
+
+def state_root(root: Path) -> Path:
+    """Return the directory that holds the project's shared state (MLflow store, artifacts, checkpoints).
+
+    That is `root`, except in a DVC experiment run in a temporary copy (`dvc exp run --temp` or `--queue`, under
+    `<project>/.dvc/tmp/exps/`): DVC then tells stages the main project in `DVC_ROOT`, and the shared state is
+    there, so that models registered by experiments land in the project's registry instead of a deleted copy.
+    """
+    main = os.environ.get("DVC_ROOT")
+    root = Path(root).resolve()
+    if main and root.is_relative_to(Path(main).resolve() / ".dvc" / "tmp" / "exps"):
+        return Path(main).resolve()
+    return root
 
 
 class Section(BaseModel):
@@ -149,7 +177,7 @@ class TrainParams(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     out_dir: ProjectPath = Path("artifacts/train")
-    checkpoint_dir: ProjectPath = Path("checkpoints")  # outside DVC's outputs so a killed run can resume
+    checkpoint_dir: StatePath = Path("checkpoints")  # outside DVC's outputs so a killed run can resume
     metrics_path: ProjectPath = Path("metrics/train.json")
     plots_path: ProjectPath = Path("plots/train.json")
 
@@ -182,16 +210,20 @@ class RegisterParams(Section):
     model_name: str = Field("text-generator", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     tracking_uri: str = "sqlite:///mlflow.db"  # relative sqlite paths are relative to the project root
     experiment_name: str = "genpipe"
-    artifacts_dir: ProjectPath = Path("mlartifacts")  # where a new experiment stores its artifacts
+    artifacts_dir: StatePath = Path("mlartifacts")  # where a new experiment stores its artifacts
     promote_metric: Literal["test_bpb", "test_perplexity", "bleu", "rouge_l"] = "test_bpb"
     min_improvement: float = Field(0.0, ge=0)  # absolute margin, in the metric's units, a challenger must win by
     lora_export: Literal["merged", "adapter"] = "merged"  # LoRA models: fold adapters into weights, or keep apart
+    # gate: every new version becomes @challenger and takes @champion when it wins; never: register and tag only
+    # (a sweep registers each experiment this way, then gates its best once).
+    promote: Literal["gate", "never"] = "gate"
     metrics_path: ProjectPath = Path("metrics/register.json")
 
     @model_validator(mode="after")
     def _absolute_sqlite(self, info: ValidationInfo) -> RegisterParams:
         prefix = "sqlite:///"
-        root = (info.context or {}).get("root")
+        ctx = info.context or {}
+        root = ctx.get("state_root", ctx.get("root"))
         path = self.tracking_uri.removeprefix(prefix)
         if self.tracking_uri.startswith(prefix) and root is not None and not Path(path).is_absolute():
             object.__setattr__(self, "tracking_uri", prefix + str(Path(root) / path))
@@ -200,6 +232,50 @@ class RegisterParams(Section):
     @property
     def greater_is_better(self) -> bool:
         return PROMOTE_METRICS[self.promote_metric]
+
+
+class FlowParams(Section):
+    """How the Prefect flows run the stages: schedule, retries and time limits. Read by flows/ only, so changing
+    it reruns no stage."""
+
+    cron: str | None = "0 3 * * *"  # the `retrain` deployment's schedule (cron, in `timezone`); null: no schedule
+    timezone: str = "UTC"
+    ingest_retries: int = Field(2, ge=0)  # retries of ingest when a network source is unreachable (not on 404)
+    retry_delay_s: float = Field(10.0, ge=0)  # first retry delay; doubles on each further retry
+    # Per-stage time limits in seconds (null: none). A stage over its limit fails the flow run; outputs are atomic.
+    timeouts_s: dict[Literal[STAGES], float | None] = Field(default_factory=lambda: {  # type: ignore[valid-type]
+        "ingest": 3600, "clean": 3600, "preprocess": 3600, "train": None, "evaluate": 3600, "register": 900})
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            fields = value.split()
+            if len(fields) != 5 or not all(re.fullmatch(r"[0-9*,/\-A-Za-z?]+", f) for f in fields):
+                raise ValueError("expected a 5-field cron expression such as '0 3 * * *'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone; use an IANA name such as 'UTC' or 'Europe/Paris'") from None
+        return value
+
+    @field_validator("timeouts_s")
+    @classmethod
+    def _positive(cls, value: dict) -> dict:
+        bad = [k for k, v in value.items() if v is not None and v <= 0]
+        if bad:
+            raise ValueError(f"time limits must be positive seconds or null (bad: {', '.join(bad)})")
+        return value
+
+    def timeout(self, stage: str) -> float | None:
+        return self.timeouts_s.get(stage, FlowParams.model_fields["timeouts_s"].default_factory()[stage])
 
 
 with warnings.catch_warnings():
@@ -214,11 +290,12 @@ with warnings.catch_warnings():
         train: TrainParams = Field(default_factory=dict)
         evaluate: EvaluateParams = Field(default_factory=dict)
         register: RegisterParams = Field(default_factory=dict)
+        flow: FlowParams = Field(default_factory=dict)
         root: Path = Field(default=Path("."), exclude=True)  # the project directory (set by the loader)
 
 
 def _describe(err: dict[str, Any]) -> str:
-    key = ".".join(str(p) for p in err["loc"])
+    key = ".".join(str(p) for p in err["loc"] if p != "[key]")
     kind, msg, value = err["type"], err["msg"], err.get("input")
     if kind == "extra_forbidden":
         return f"{key}: unknown key"
@@ -248,7 +325,7 @@ def parse_params(data: Any, root: Path, source: str = PARAMS_FILE) -> Params:
     if "root" in data:  # set by the loader, never by the file
         raise ParamsError(f"{source}: root: unknown key; allowed keys: {', '.join(_allowed_keys(Params, ('root',)))}")
     try:
-        return Params.model_validate({**data, "root": root}, context={"root": root})
+        return Params.model_validate({**data, "root": root}, context={"root": root, "state_root": state_root(root)})
     except ValidationError as exc:
         parts = []
         for err in exc.errors():
@@ -260,8 +337,28 @@ def parse_params(data: Any, root: Path, source: str = PARAMS_FILE) -> Params:
         raise ParamsError(f"{source}: " + "; ".join(parts)) from None
 
 
-def load_params(path: Path | str = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml; relative paths in it resolve against its directory."""
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """Return params data with dotted-key overrides applied (`{"train.lr": 0.001}`, as `dvc exp run -S` takes them).
+
+    New keys are added, so that validating the result names any misspelt key.
+    """
+    out = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
+    for dotted, value in overrides.items():
+        parts = str(dotted).split(".")
+        if not all(parts):
+            raise ParamsError(f"override {dotted!r}: expected a dotted key such as 'train.lr'")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ParamsError(f"override {dotted!r}: {'.'.join(parts[:i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def read_params_data(path: Path | str = PARAMS_FILE) -> dict:
+    """Read params.yaml as plain data (not validated); raise ParamsError on a missing file or malformed YAML."""
     path = Path(path).resolve()
     try:
         text = path.read_text(encoding="utf-8")
@@ -274,4 +371,14 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ParamsError(f"{path.name}: malformed YAML{where}: {problem}") from None
+    return data
+
+
+def load_params(path: Path | str = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate params.yaml (with optional dotted-key overrides); relative paths resolve against its
+    directory."""
+    path = Path(path).resolve()
+    data = read_params_data(path)
+    if overrides and (data is None or isinstance(data, dict)):
+        data = apply_overrides(data or {}, overrides)
     return parse_params(data, path.parent, path.name)

@@ -1,5 +1,9 @@
 """register: log the evaluated model to MLflow, register it as `challenger`, and promote it to `champion` when it
-beats the current champion on `register.promote_metric` by `register.min_improvement`.
+beats the current champion on `register.promote_metric` by `register.min_improvement` (`gate`). With
+`register.promote: never` (sweeps) the version is registered and tagged only; the sweep gates its best.
+
+Every version carries its metrics (`metric.*`), the gate's decision and lineage tags (tasks/lineage.py: git
+commit, dvc.lock digest, data digest, Prefect flow run, DVC experiment).
 
 The model is a models-from-code pyfunc (`models/text_pyfunc.py`) with the `models` package as code, weights in
 safetensors and the tokenizer as artifacts: loading it never unpickles anything.
@@ -14,7 +18,8 @@ import warnings
 from pathlib import Path
 
 from tasks.io import read_json, write_json
-from tasks.params import Params
+from tasks.lineage import lineage_tags
+from tasks.params import Params, RegisterParams
 from tasks.preprocess import META_FILE, TOKENIZER_FILE
 from tasks.train import RUN_FILE
 
@@ -73,7 +78,7 @@ def _generator_to_log(params: Params, scratch: Path) -> Path:
     return merged
 
 
-def _current_champion(client, name: str, metric: str) -> tuple[str | None, float | None]:
+def current_champion(client, name: str, metric: str) -> tuple[str | None, float | None]:
     """Return the champion's version and its value of `metric`, or (None, None) when there is no champion."""
     from mlflow.exceptions import MlflowException
 
@@ -83,6 +88,32 @@ def _current_champion(client, name: str, metric: str) -> tuple[str | None, float
         return None, None
     value = mv.tags.get(f"metric.{metric}")
     return mv.version, float(value) if value is not None else None
+
+
+def gate(client, cfg: RegisterParams, version: str) -> dict:
+    """Make `version` the challenger and promote it to champion when it beats the current one; record why.
+
+    The version's metrics are read from its `metric.*` tags, so a sweep can gate any registered version.
+    """
+    tags = client.get_model_version(cfg.model_name, version).tags
+    raw = tags.get(f"metric.{cfg.promote_metric}")
+    value = float("nan") if raw is None else float(raw)
+    champion_version, champion_value = current_champion(client, cfg.model_name, cfg.promote_metric)
+    promote = should_promote(value, champion_value, cfg.greater_is_better, cfg.min_improvement)
+    decision = "promoted" if promote else "kept_champion"
+    for key, val in {"decision": decision, "promote_metric": cfg.promote_metric, "challenger_value": str(value),
+                     "champion_version_before": str(champion_version), "champion_value_before": str(champion_value),
+                     "min_improvement": str(cfg.min_improvement)}.items():
+        client.set_model_version_tag(cfg.model_name, version, key, val)
+    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
+    if promote:
+        client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+    log.info("register: %s version %s (%s %.4f vs champion %s: %s) -> %s", cfg.model_name, version,
+             cfg.promote_metric, value, champion_version, champion_value, decision)
+    return {"version": int(version), "promoted": promote,
+            "champion_version": int(version) if promote else (champion_version and int(champion_version)),
+            f"challenger_{cfg.promote_metric}": value if math.isfinite(value) else None,  # JSON has no NaN
+            f"champion_{cfg.promote_metric}_before": champion_value}
 
 
 def register(params: Params) -> dict:
@@ -104,6 +135,7 @@ def register(params: Params) -> dict:
     value = metrics.get(cfg.promote_metric)
     value = float("nan") if value is None else float(value)
 
+    lineage = lineage_tags(params.root)
     resumed = run_exists(run_id)
     with tempfile.TemporaryDirectory() as scratch, mlflow.start_run(run_id=run_id if resumed else None, experiment_id=experiment_id) as run:
         if not resumed:  # training was logged elsewhere (or restored from DVC's cache): backfill its curve
@@ -112,6 +144,7 @@ def register(params: Params) -> dict:
             for row in history:
                 mlflow.log_metrics({"train_loss": row["train_loss"], "val_loss": row["val_loss"]}, step=row["step"])
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        mlflow.set_tags({"data_sha256": data_digest, **lineage})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways": it is a local path
             source = resolve_dataset_source(str(data_dir))
@@ -134,27 +167,22 @@ def register(params: Params) -> dict:
         run_id = run.info.run_id
 
     version = str(info.registered_model_version)
-    champion_version, champion_value = _current_champion(client, cfg.model_name, cfg.promote_metric)
-    promote = should_promote(value, champion_value, cfg.greater_is_better, cfg.min_improvement)
     for key, val in {f"metric.{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}.items():
         client.set_model_version_tag(cfg.model_name, version, key, str(val))
-    decision = "promoted" if promote else "kept_champion"
-    tags = {"decision": decision, "promote_metric": cfg.promote_metric, "challenger_value": str(value),
-            "champion_version_before": str(champion_version), "champion_value_before": str(champion_value),
-            "min_improvement": str(cfg.min_improvement), "data_sha256": data_digest, "generator": params.model.name,
+    tags = {"data_sha256": data_digest, "generator": params.model.name,
             "init_from": params.model.init_from or "scratch",
-            "lora": "none" if params.model.lora is None else params.register.lora_export}
+            "lora": "none" if params.model.lora is None else params.register.lora_export, **lineage}
     for key, val in tags.items():
         client.set_model_version_tag(cfg.model_name, version, key, val)
-    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
-    if promote:
-        client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
-    log.info("register: %s version %s (%s %.4f vs champion %s: %s) -> %s", cfg.model_name, version,
-             cfg.promote_metric, value, champion_version, champion_value, decision)
-    result = {"version": int(version), "promoted": promote, "run_id": run_id,
-              "champion_version": int(version) if promote else (champion_version and int(champion_version)),
-              f"challenger_{cfg.promote_metric}": value if math.isfinite(value) else None,  # JSON has no NaN
-              f"champion_{cfg.promote_metric}_before": champion_value}
+    if cfg.promote == "gate":
+        decision = gate(client, cfg, version)
+    else:
+        client.set_model_version_tag(cfg.model_name, version, "decision", "not_gated")
+        champion_version, _ = current_champion(client, cfg.model_name, cfg.promote_metric)
+        decision = {"version": int(version), "promoted": False, "champion_version": champion_version and int(champion_version),
+                    f"challenger_{cfg.promote_metric}": value if math.isfinite(value) else None}
+        log.info("register: %s version %s registered without aliases (register.promote: never)", cfg.model_name, version)
+    result = {**decision, "run_id": run_id}
     write_json(cfg.metrics_path, result)
     return result
 

@@ -28,6 +28,7 @@ for _name, _value in {
     "HF_DATASETS_OFFLINE": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # stage tests log outside flow runs
     "GIT_PYTHON_REFRESH": "quiet",
     "TOKENIZERS_PARALLELISM": "false",
 }.items():

@@ -15,7 +15,7 @@ from tasks.params import load_params, parse_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SECTIONS = ["ingest", "clean", "preprocess", "model", "train", "evaluate", "register"]
+SECTIONS = ["ingest", "clean", "preprocess", "model", "train", "evaluate", "register", "flow"]
 
 
 def error_of(data, root: Path = Path("/proj")) -> str:

@@ -1,0 +1,123 @@
+"""The run report each flow run publishes as a Prefect artifact: the challenger's metrics beside the champion's,
+the gate's decision, lineage and a few samples.
+
+`report_markdown` and `sweep_markdown` are pure; `model_versions` reads the registry.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tasks.params import Params
+
+ARTIFACT_KEY = "genpipe-report"  # Prefect artifact keys: lowercase letters, digits and dashes
+LINEAGE = ("git_commit", "git_dirty", "dvc_lock_sha256", "data_sha256", "prefect_flow_run_id", "dvc_experiment")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{number:.4g}" if abs(number) < 1e5 else f"{number:.0f}"
+
+
+def _metrics(tags: dict[str, str]) -> dict[str, str]:
+    return {k.removeprefix("metric."): v for k, v in tags.items() if k.startswith("metric.")}
+
+
+def report_markdown(model_name: str, ran: list[str], challenger: dict | None, champion: dict | None,
+                    samples: list[str]) -> str:
+    """Render one flow run's report. `challenger` / `champion` are {"version": str, "tags": {...}} or None."""
+    lines = [f"# {model_name}", "",
+             f"Stages run: {', '.join(ran) if ran else 'none (DVC found every stage up to date)'}", ""]
+    if challenger is None:
+        lines += ["No new model version.", ""]
+        if champion is not None:
+            lines += [f"Champion: version {champion['version']}.", ""]
+        return "\n".join(lines).rstrip() + "\n"
+    ctags = challenger["tags"]
+    metric = ctags.get("promote_metric", "")
+    decision = ctags.get("decision", "unknown")
+    lines += [(f"**Decision: {decision}** (version {challenger['version']}; gate metric `{metric}`, "
+               f"min improvement {ctags.get('min_improvement', '–')})"), ""]
+    cm = _metrics(ctags)
+    champion_is_new = champion is not None and champion["version"] == challenger["version"]
+    before = ctags.get("champion_version_before", "None")
+    head = f"| metric | challenger v{challenger['version']} |"
+    rule = "|---|---:|"
+    other = {}
+    if champion is not None and not champion_is_new:
+        other, head, rule = _metrics(champion["tags"]), head + f" champion v{champion['version']} |", rule + "---:|"
+    elif before not in ("None", ""):
+        head, rule = head + f" champion before (v{before}) |", rule + "---:|"
+        other = {metric: ctags.get("champion_value_before")}
+    lines += [head, rule]
+    for name in sorted(cm):
+        mark = " ◀ gate" if name == metric else ""
+        row = f"| {name}{mark} | {_fmt(cm[name])} |"
+        if head.count("|") > 3:
+            row += f" {_fmt(other.get(name))} |"
+        lines.append(row)
+    lines += ["", "Lineage:", ""]
+    lines += [f"- {key}: `{ctags[key]}`" for key in LINEAGE if key in ctags]
+    if samples:
+        lines += ["", "Samples:", ""]
+        for text in samples:
+            lines += ["```text", text.replace("```", "'''"), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_markdown(model_name: str, metric: str, rows: list[dict], best: str | None, decision: dict | None) -> str:
+    """Render a sweep's report: one row per param set (name, overrides, version, metric, status)."""
+    lines = [f"# Sweep of {model_name}: {len(rows)} param sets", "",
+             f"| experiment | overrides | version | {metric} | status |", "|---|---|---:|---:|---|"]
+    for row in rows:
+        overrides = ", ".join(f"{k}={json.dumps(v)}" for k, v in row["overrides"].items()) or "(none)"
+        star = " ★" if best is not None and row.get("version") == best else ""
+        lines.append(f"| {row['name']}{star} | {overrides} | {row.get('version') or '–'} | "
+                     f"{_fmt(row.get('value'))} | {row['status']} |")
+    if decision is not None:
+        lines += ["", (f"Best: version {best} became challenger; gate decision: "
+                       f"**{'promoted to champion' if decision['promoted'] else 'kept the champion'}** "
+                       f"(champion is version {decision['champion_version']}).")]
+    else:
+        lines += ["", "No param set produced a model: nothing was gated."]
+    return "\n".join(lines) + "\n"
+
+
+def model_versions(params: Params) -> tuple[dict | None, dict | None]:
+    """Return (the version registered by the last register run, the current champion) from the registry."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from tasks.io import read_json
+
+    cfg = params.register
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = mlflow.MlflowClient()
+    latest = None
+    if Path(cfg.metrics_path).is_file():
+        version = str(read_json(cfg.metrics_path)["version"])
+        try:
+            latest = {"version": version, "tags": client.get_model_version(cfg.model_name, version).tags}
+        except MlflowException:
+            latest = None
+    try:
+        mv = client.get_model_version_by_alias(cfg.model_name, "champion")
+        champion = {"version": mv.version, "tags": mv.tags}
+    except MlflowException:
+        champion = None
+    return latest, champion
+
+
+def read_samples(params: Params, limit: int = 3) -> list[str]:
+    path = params.evaluate.out_dir / "samples.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row.get("text", "") for row in rows[:limit]]
