@@ -34,6 +34,7 @@ from tasks.params import PARAMS_FILE, Params, load_params
 log = logging.getLogger("flows.experiments")
 
 Generator = Literal["gpt", "lstm", "gru"]
+SHARED_SECTIONS = ("register", "flow")  # one registry and one gate per sweep: not varied per set
 PROGRESS = re.compile(r"\d+/\d+ \[[^]]*it/s\]")  # tqdm bars (artifact downloads): noise in a flow run's log
 
 
@@ -69,6 +70,10 @@ def validate_sets(params_path: str, param_sets: list[dict[str, Any]]) -> list[Pa
     for i, overrides in enumerate(param_sets):
         if not isinstance(overrides, dict):
             raise ParamsError(f"param set {i + 1}: expected a mapping of dotted keys to values")
+        shared = sorted(k for k in overrides if str(k).split(".")[0] in SHARED_SECTIONS)
+        if shared:
+            raise ParamsError(f"param set {i + 1}: {', '.join(shared)}: the register and flow sections are shared "
+                              "by every set of a sweep (one registry, one gate); set them in params.yaml")
         try:
             out.append(load_params(params_path, overrides))
         except ParamsError as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.experiments import best_version, exp_name, set_args
+from flows.experiments import best_version, exp_name, set_args, validate_sets
 from flows.report import report_markdown, sweep_markdown
 from tasks.errors import ParamsError
 from tasks.lineage import lock_digest
@@ -194,3 +194,20 @@ def test_sweep_report_marks_the_best_and_the_failures():
     assert "| a-2 ★ | train.lr=0.01 | 3 | 1.7 | done |" in md
     assert "| a-3 | (none) | – | – | failed (exit 1) |" in md
     assert "**kept the champion** (champion is version 1)" in md
+
+
+def test_sweep_sets_are_validated_before_anything_runs(tmp_path):
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 0.003\n")
+    path = str(tmp_path / "params.yaml")
+    assert [p.train.lr for p in validate_sets(path, [{"train.lr": 0.001}, {}])] == [0.001, 0.003]
+    cases = {
+        "param_sets: give at least one set of overrides": [],
+        "param set 1: expected a mapping of dotted keys to values": [["train.lr", 1]],
+        'param set 2 {"model.name": "rnn"}: params.yaml: model.name: \'rnn\' is not allowed': [{}, {"model.name": "rnn"}],
+        "param set 1: register.promote_metric: the register and flow sections are shared": [
+            {"register.promote_metric": "bleu"}],
+    }
+    for expected, sets in cases.items():
+        with pytest.raises(ParamsError) as info:
+            validate_sets(path, sets)
+        assert str(info.value).startswith(expected), str(info.value)
