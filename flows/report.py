@@ -48,21 +48,16 @@ def report_markdown(model_name: str, ran: list[str], challenger: dict | None, ch
     cm = _metrics(ctags)
     champion_is_new = champion is not None and champion["version"] == challenger["version"]
     before = ctags.get("champion_version_before", "None")
-    head = f"| metric | challenger v{challenger['version']} |"
-    rule = "|---|---:|"
-    other = {}
-    if champion is not None and not champion_is_new:
-        other, head, rule = _metrics(champion["tags"]), head + f" champion v{champion['version']} |", rule + "---:|"
-    elif before not in ("None", ""):
-        head, rule = head + f" champion before (v{before}) |", rule + "---:|"
-        other = {metric: ctags.get("champion_value_before")}
-    lines += [head, rule]
+    head, rule, other = f"| metric | challenger v{challenger['version']} |", "|---|---:|", None
+    if champion is not None and not champion_is_new:  # the champion stayed: all its metrics
+        other, head = _metrics(champion["tags"]), head + f" champion v{champion['version']} |"
+    elif before not in ("None", ""):  # the challenger took over: the gate metric of the champion it replaced
+        other, head = {metric: ctags.get("champion_value_before")}, head + f" champion before (v{before}) |"
+    lines += [head, rule + "---:|" * (other is not None)]
     for name in sorted(cm):
         mark = " ◀ gate" if name == metric else ""
         row = f"| {name}{mark} | {_fmt(cm[name])} |"
-        if head.count("|") > 3:
-            row += f" {_fmt(other.get(name))} |"
-        lines.append(row)
+        lines.append(row if other is None else row + f" {_fmt(other.get(name))} |")
     lines += ["", "Lineage:", ""]
     lines += [f"- {key}: `{ctags[key]}`" for key in LINEAGE if key in ctags]
     if samples:
