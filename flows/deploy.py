@@ -47,23 +47,13 @@ def deployments(params: Params, params_path: Path) -> list:
 
 def main(argv: list[str] | None = None) -> None:
     """Apply the deployments and serve their runs until interrupted."""
-    import os
-
     from prefect import serve
 
-    from tasks.cli import DEBUG_ENV, setup_logging
-    from tasks.errors import UserError
+    from flows.errors import run_cli
 
-    setup_logging()
     argv = sys.argv[1:] if argv is None else argv
     path = Path(argv[0] if argv else PARAMS_FILE)
-    try:
-        params = load_params(path)
-    except UserError as exc:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        sys.stderr.write(f"error: deploy: {exc}\n")
-        sys.exit(exc.exit_code)
+    params = run_cli("deploy", lambda: load_params(path))
     serve(*deployments(params, path))
 
 

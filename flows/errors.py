@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Callable
+from typing import Any
 
 from tasks.cli import DEBUG_ENV
 from tasks.errors import UserError
@@ -49,3 +52,17 @@ def quiet_expected_errors() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTraceback) for f in logger.filters):
             logger.addFilter(_NoTraceback())
+
+
+def run_cli(label: str, call: Callable[[], Any]) -> Any:
+    """Run a flow's command line: logging set up, expected failures as `error: <label>: ...` and a non-zero exit."""
+    from tasks.cli import setup_logging
+
+    setup_logging()
+    try:
+        return call()
+    except (UserError, FlowError) as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        sys.stderr.write(f"error: {label}: {exc}\n")
+        sys.exit(getattr(exc, "exit_code", 1))

@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 from prefect import flow, task
 
-from flows.errors import ExperimentFailed, FlowError, quiet_expected_errors
-from tasks.errors import ParamsError, UserError
+from flows.errors import ExperimentFailed, quiet_expected_errors, run_cli
+from tasks.errors import ParamsError
 from tasks.lineage import PREFECT_RUN_ENV
 from tasks.params import PARAMS_FILE, Params, load_params
 
@@ -169,25 +169,21 @@ def experiment(generator: Generator | None = None, overrides: dict[str, Any] | N
     return sweep([merged], params_path)
 
 
+def parse_cli(argv: list[str]) -> tuple[list[dict[str, Any]], str]:
+    """Return (param sets, params path) from `'<JSON list of param sets>' [params.yaml]`."""
+    if not argv:
+        raise ParamsError("usage: python -m flows.experiments '<JSON list of param sets>' [params.yaml]")
+    try:
+        sets = json.loads(argv[0])
+    except json.JSONDecodeError as exc:
+        raise ParamsError(f"param sets: not valid JSON ({exc.msg})") from None
+    return (sets if isinstance(sets, list) else [sets]), (argv[1] if len(argv) > 1 else PARAMS_FILE)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: `python -m flows.experiments '<JSON list of param sets>' [params.yaml]`."""
-    from tasks.cli import DEBUG_ENV, setup_logging
-
-    setup_logging()
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        if not argv:
-            raise ParamsError("usage: python -m flows.experiments '<JSON list of param sets>' [params.yaml]")
-        try:
-            sets = json.loads(argv[0])
-        except json.JSONDecodeError as exc:
-            raise ParamsError(f"param sets: not valid JSON ({exc.msg})") from None
-        sweep(sets if isinstance(sets, list) else [sets], argv[1] if len(argv) > 1 else PARAMS_FILE)
-    except (UserError, FlowError) as exc:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        sys.stderr.write(f"error: sweep: {exc}\n")
-        sys.exit(getattr(exc, "exit_code", 1))
+    run_cli("sweep", lambda: sweep(*parse_cli(argv)))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.errors import FlowError, StageFailed, quiet_expected_errors
+from flows.errors import StageFailed, quiet_expected_errors, run_cli
 from tasks.errors import UserError
 from tasks.params import PARAMS_FILE, STAGES, Params, load_params
 
@@ -120,19 +120,8 @@ def pipeline(params_path: str = PARAMS_FILE) -> dict[str, bool]:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: run the flow; a failed stage or bad params end it with one line and a non-zero status."""
-    import os
-
-    from tasks.cli import DEBUG_ENV, setup_logging
-
-    setup_logging()
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        pipeline(argv[0] if argv else PARAMS_FILE)
-    except (UserError, FlowError) as exc:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        sys.stderr.write(f"error: pipeline: {exc}\n")
-        sys.exit(getattr(exc, "exit_code", 1))
+    run_cli("pipeline", lambda: pipeline(argv[0] if argv else PARAMS_FILE))
 
 
 if __name__ == "__main__":
