@@ -53,6 +53,15 @@ def project_env(root: Path) -> dict[str, str]:
     return env
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a background process; kill it if it has not exited within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 class Project:
     """A fresh clone-like copy of the repository with tiny params, and helpers to run commands in it."""
 
@@ -111,11 +120,7 @@ class Project:
                 time.sleep(0.5)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
 
 
 def make_project(tmp: Path) -> Project:

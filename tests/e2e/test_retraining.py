@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from tasks.lineage import lock_digest
-from tests.e2e.conftest import Project, make_project
+from tests.e2e.conftest import Project, make_project, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -53,11 +53,7 @@ def background(cmd: list[str], project: Project, env: dict, log: Path) -> Iterat
         try:
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
 
 
 def wait_until(check, what: str, timeout: float, log: Path | None = None):
