@@ -160,10 +160,44 @@ def pick_next(logits: Tensor, temperature: float, top_k: int, generator: torch.G
     return torch.multinomial(probs, 1, generator=generator).to(logits.device)
 
 
+class ImageGenerator(Generator):
+    """A generator of images.
+
+    Data convention, shared by the trainer, evaluation and serving: a batch is `(x, y)` with `x` float32
+    (B, channels, image_size, image_size) scaled to [-1, 1] and `y` int64 class labels (B,) (all 0 when the data
+    has no classes). The config dataclass has the fields `image_size`, `channels` and `n_classes`; the trainer
+    fills them from the preprocessed data. Every random choice in `loss`/`train_step` draws from torch's global
+    RNG (the trainer saves and restores it, so a resumed run is bit-identical); `sample` draws from the explicit
+    generator it is given only.
+    """
+
+    modality = "image"
+    conditional: ClassVar[bool] = False  # True: samples are drawn for requested class labels
+    # False for models whose validation loss does not rank checkpoints (GANs): the trainer then keeps the last
+    # weights instead of those with the lowest validation loss.
+    select_best: ClassVar[bool] = True
+
+    def validation_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """Return a scalar loss on a held-out batch (lower is better when `select_best`). Called under no_grad
+        with a fixed RNG seed, so the same batch scores the same every time."""
+        return self.loss(batch)
+
+    def sample(self, n: int, *, generator: torch.Generator, labels: Tensor | None = None,
+               steps: int | None = None) -> Tensor:
+        """Return `n` images (n, C, H, W) in [-1, 1] on the model's device.
+
+        `labels` (n,) selects the classes of a conditional model (ignored otherwise; None draws them uniformly);
+        `steps` is the number of sampler steps of iterative samplers (None: the model's default)."""
+        raise NotImplementedError
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 # model.name -> "module:Class"; imported lazily so choosing one family never imports the others.
-GENERATORS: dict[str, str] = {"gpt": "models.gpt:GPT", "lstm": "models.rnn:LSTM", "gru": "models.rnn:GRU"}
+GENERATORS: dict[str, str] = {
+    "gpt": "models.gpt:GPT", "lstm": "models.rnn:LSTM", "gru": "models.rnn:GRU",
+    "dcgan": "models.dcgan:DCGAN", "cdcgan": "models.dcgan:CDCGAN", "vae": "models.vae:VAE", "ddpm": "models.ddpm:DDPM",
+}
 
 
 def generator_class(name: str) -> type[Generator]:

@@ -4,6 +4,13 @@ Text: test perplexity (under the model's own tokenizer) and bits per byte (token
 negative log-likelihood of the whole test stream divided by its UTF-8 bytes, so generators with different
 tokenizers compare on one number); BLEU and ROUGE-L of greedy continuations of held-out prompts against the
 true continuations; a set of seeded samples written to `samples.jsonl`.
+
+Images (tasks/image_metrics.py): `n_images` samples against as many real training images, all scored with the
+classifier stage's network as feature extractor (one per dataset, so every image generator compares): FID, KID,
+Inception Score, precision/recall and density/coverage; the same scores for two disjoint halves of the real
+images (the floor a perfect generator would reach with that many samples); for conditional generators the share
+of samples the classifier assigns to the class they were asked for. A fixed-seed sample grid `samples.png` (and
+`reconstructions.png` for the VAE: real test images over their reconstructions).
 """
 
 from __future__ import annotations
@@ -74,8 +81,105 @@ def continuation_scores(model: TextGenerator, tok, tokens: np.ndarray, cfg: Eval
     return text_scores(preds, refs), records
 
 
+GRID_FILE, RECONSTRUCTIONS_FILE, CLASS_ACCURACY_FILE = "samples.png", "reconstructions.png", "class_accuracy.json"
+
+
+def grid_labels(rows: int, n_classes: int) -> torch.Tensor:
+    """Labels for a rows x rows grid of a conditional generator: row r shows class r mod n_classes."""
+    return (torch.arange(rows * rows) // rows) % n_classes
+
+
+@torch.no_grad()
+def sample_images(model, n: int, seed: int, labels: torch.Tensor | None, steps: int | None,
+                  chunk: int = 256) -> torch.Tensor:
+    """Draw n images (on CPU, float [-1, 1]) in chunks from one seeded generator; labels (n,) for conditional."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, n, chunk):
+        part = None if labels is None else labels[start : start + chunk]
+        out.append(model.sample(min(chunk, n - start), generator=gen, labels=part, steps=steps).float().cpu())
+    return torch.cat(out)
+
+
+def evaluate_images(params: Params) -> dict:
+    """Score the trained image generator against real training images; write metrics and sample grids."""
+    from models.classifier import load_classifier, to_unit
+    from tasks.classifier import TASK_FILE
+    from tasks.image_metrics import class_accuracy, grid_png, image_scores
+    from tasks.preprocess import load_images
+
+    cfg = params.evaluate
+    data_dir = params.preprocess.out_dir
+    meta = read_json(data_dir / META_FILE)
+    device = pick_device(params.train.device)
+    model = load_generator(params.train.out_dir, device).eval()
+    clf = load_classifier(params.classifier.out_dir, device)
+    task = read_json(params.classifier.out_dir / TASK_FILE)["task"]
+    images, _ = load_images(data_dir, "train")
+    n = min(cfg.n_images, len(images) // 2)
+    order = np.random.default_rng(cfg.seed).permutation(len(images))
+    real_a = to_unit(torch.from_numpy(np.asarray(images[np.sort(order[:n])])))
+    real_b = to_unit(torch.from_numpy(np.asarray(images[np.sort(order[n : 2 * n])])))
+    conditional = getattr(model, "conditional", False)
+    requested = torch.arange(n) % meta["n_classes"] if conditional else None
+
+    start = time.perf_counter()
+    fake = sample_images(model, n, cfg.seed, requested, cfg.sample_steps)
+    sampling_seconds = time.perf_counter() - start
+    kid_subset = min(cfg.kid_subset_size, n)
+    scores = image_scores(real_a, fake, clf, kid_subset_size=kid_subset, k=cfg.pr_k, seed=cfg.seed)
+    floor = image_scores(real_a, real_b, clf, kid_subset_size=kid_subset, k=cfg.pr_k, seed=cfg.seed)
+    metrics: dict = {
+        "fid": scores["fid"], "kid": scores["kid_mean"], "kid_std": scores["kid_std"],
+        "inception_score": scores["inception_score_mean"], "inception_score_std": scores["inception_score_std"],
+        "precision": scores["precision"], "recall": scores["recall"],
+        "density": scores["density"], "coverage": scores["coverage"],
+        "fid_real_floor": floor["fid"], "kid_real_floor": floor["kid_mean"],
+        "inception_score_real": floor["inception_score_mean"],
+        "precision_real": floor["precision"], "recall_real": floor["recall"],
+        "n_images": n,
+        "sampling_images_per_second": n / max(sampling_seconds, 1e-9),
+        "feature_extractor": f"classifier ({task})",
+    }
+    per_class = None
+    if conditional and task == "labels":
+        acc = class_accuracy(clf, fake, requested, meta["n_classes"])
+        metrics["class_accuracy"] = acc["accuracy"]
+        metrics["class_accuracy_chance"] = 1 / meta["n_classes"]
+        per_class = dict(zip(meta["classes"], acc["per_class"]))
+    if task != "labels":  # rotation logits say nothing about classes: an Inception Score would mislead
+        metrics["inception_score"] = metrics["inception_score_std"] = metrics["inception_score_real"] = None
+
+    rows = cfg.grid_rows
+    grid_cond = grid_labels(rows, meta["n_classes"]) if conditional else None
+    grid = sample_images(model, rows * rows, cfg.seed, grid_cond, cfg.sample_steps)
+    metrics = {k: (round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v
+               for k, v in metrics.items()}
+    with atomic_path(cfg.out_dir) as out:
+        out.mkdir()
+        (out / GRID_FILE).write_bytes(grid_png(grid, nrow=rows, scale=cfg.grid_scale))
+        if hasattr(model, "reconstruct"):  # VAE: real test images (odd rows) over their reconstructions
+            test, _ = load_images(data_dir, "test")
+            count = min(max(rows // 2, 1) * rows, len(test) // rows * rows)
+            real = to_unit(torch.from_numpy(np.asarray(test[:count]))).to(device)
+            recon = model.reconstruct(real).float().cpu()
+            pairs = torch.stack([real.cpu().view(-1, rows, *real.shape[1:]),
+                                 recon.view(-1, rows, *recon.shape[1:])], dim=1).flatten(0, 2)
+            (out / RECONSTRUCTIONS_FILE).write_bytes(grid_png(pairs, nrow=rows, scale=cfg.grid_scale))
+        if per_class is not None:
+            write_json(out / CLASS_ACCURACY_FILE, per_class)
+    write_json(cfg.metrics_path, metrics)
+    shown = {k: "n/a" if metrics.get(k) is None else f"{metrics[k]:.4g}"
+             for k in ("fid", "fid_real_floor", "kid", "inception_score", "precision", "recall", "class_accuracy")}
+    log.info("evaluate: FID %(fid)s (real-vs-real floor %(fid_real_floor)s), KID %(kid)s, IS %(inception_score)s, "
+             "precision %(precision)s, recall %(recall)s, class accuracy %(class_accuracy)s", shown)
+    return metrics
+
+
 def evaluate(params: Params) -> dict:
-    """Score the trained model on the test split; write metrics, samples and continuations."""
+    """Score the trained model on held-out data; write metrics and samples (text: continuations too)."""
+    if params.model.modality == "image":
+        return evaluate_images(params)
     from tokenizers import Tokenizer
 
     cfg = params.evaluate

@@ -5,6 +5,10 @@ Sources (params `ingest.sources`, read in order):
 - a local file, directory or glob: .txt and .md files are one document each, .jsonl files one per line;
 - an `http://` or `https://` URL of a .txt/.md/.jsonl document;
 - `hf:<dataset id or saved directory>[:split]` — a Hugging Face dataset (hub ids need a network connection).
+
+Image generators read `ingest.image_sources` instead (see tasks/images.py): `embedded:digits` (scikit-learn's
+handwritten digits, offline), a folder of images (one subfolder per class gives labels), an image file, a .npy/.npz
+array file, or `hf:<dataset>`. The images are stored as read, in a pack, for clean to decode.
 """
 
 from __future__ import annotations
@@ -196,8 +200,36 @@ def read_source(source: str, cfg: IngestParams, root: Path) -> tuple[list[Docume
 # ---------------------------------------------------------------------------------------------------- stage
 
 
+def ingest_images(params: Params) -> dict:
+    """Read every image source into a pack in `ingest.out_dir` (bytes as read, labels, provenance)."""
+    from tasks.images import label_ids, read_image_source, write_pack
+
+    cfg = params.ingest
+    images, records = [], []
+    for source in cfg.image_sources:
+        found, raw = read_image_source(source, params.root, cfg.image_field, cfg.label_field)
+        log.info("ingest: %s -> %d images", source, len(found))
+        images += found
+        records.append(SourceRecord(source, len(found), len(raw), sha256_bytes(raw)))
+    if not images:
+        raise DataError("the image sources yielded no images")
+    labels, classes = label_ids(images)
+    with atomic_path(cfg.out_dir) as out:
+        digest = write_pack(out, [r.data for r in images], labels, [r.source for r in images], classes)
+        write_json(out / MANIFEST_FILE, {"sources": [vars(r) for r in records], "n_images": len(images),
+                                         "classes": classes, "corpus_sha256": digest})
+    metrics = {"n_images": len(images), "n_sources": len(records), "n_classes": len(classes),
+               "n_bytes": sum(len(r.data) for r in images), "corpus_sha256": digest}
+    write_json(cfg.metrics_path, metrics)
+    log.info("ingest: %d images (%d classes), %d bytes from %d sources", len(images), len(classes),
+             metrics["n_bytes"], len(records))
+    return metrics
+
+
 def ingest(params: Params) -> dict:
-    """Read every source into `<out_dir>/corpus.jsonl` and record source, size and digest of each."""
+    """Read every source into `<out_dir>/corpus.jsonl` (images: a pack) and record source, size and digest of each."""
+    if params.model.modality == "image":
+        return ingest_images(params)
     cfg = params.ingest
     start = time.perf_counter()
     docs: list[Document] = []

@@ -29,7 +29,13 @@ from tasks.errors import ParamsError
 PARAMS_FILE = "params.yaml"
 
 
-STAGES = ("ingest", "clean", "preprocess", "train", "evaluate", "register")  # dvc.yaml order
+STAGES = ("ingest", "clean", "preprocess", "classifier", "train", "evaluate", "register")  # dvc.yaml order
+
+# Every generator `model.name` can choose, and the kind of data it generates. The modality picks the sources
+# ingest reads, the metrics evaluate computes and the registered model's default name.
+MODALITY: dict[str, str] = {"gpt": "text", "lstm": "text", "gru": "text",
+                            "dcgan": "image", "cdcgan": "image", "vae": "image", "ddpm": "image"}
+GeneratorName = Literal["gpt", "lstm", "gru", "dcgan", "cdcgan", "vae", "ddpm"]
 
 
 def _resolve(value: Path, info: ValidationInfo) -> Path:
@@ -71,8 +77,14 @@ class Section(BaseModel):
 
 
 class IngestParams(Section):
-    # `embedded:pydoc` | a local file, directory or glob (.txt, .md, .jsonl) | http(s):// URL | hf:<dataset>[:split]
+    # Text generators read `sources`: `embedded:pydoc` | a local file, directory or glob (.txt, .md, .jsonl) |
+    # http(s):// URL | hf:<dataset>[:split]
     sources: list[str] = Field(default_factory=lambda: ["embedded:pydoc"], min_length=1)
+    # Image generators read `image_sources`: `embedded:digits` | a folder of images (one subfolder per class for
+    # labels) | an image file | a .npz/.npy array file | hf:<dataset>[:split] (online)
+    image_sources: list[str] = Field(default_factory=lambda: ["embedded:digits"], min_length=1)
+    image_field: str = "image"  # image column of Hugging Face datasets and .npz files
+    label_field: str = "label"  # label column (optional)
     # DVC watches this directory, so edits to local raw data rerun ingest; sources elsewhere are read but not watched.
     inputs_dir: ProjectPath = Path("data/inputs")
     text_field: str = "text"  # field holding the text in .jsonl files and Hugging Face datasets
@@ -82,8 +94,11 @@ class IngestParams(Section):
 
 
 class CleanParams(Section):
-    min_chars: int = Field(64, ge=1)  # shorter documents are dropped (after normalisation)
-    max_chars: int = Field(1_000_000, ge=1)  # longer documents are dropped
+    min_chars: int = Field(64, ge=1)  # text: shorter documents are dropped (after normalisation)
+    max_chars: int = Field(1_000_000, ge=1)  # text: longer documents are dropped
+    # images: colour mode every image is converted to; auto: RGB if any image has colour, else L (grayscale)
+    image_mode: Literal["auto", "L", "RGB"] = "auto"
+    min_image_size: int = Field(4, ge=1)  # images: smaller sides than this are dropped
     out_dir: ProjectPath = Path("data/clean")
     metrics_path: ProjectPath = Path("metrics/clean.json")
 
@@ -99,13 +114,39 @@ class PreprocessParams(Section):
     # Either is trained on the train split only, and independent of the generator chosen.
     tokenizer: Literal["bpe", "char"] = "bpe"
     vocab_size: int = Field(2048, ge=260, le=65535)  # bpe only; >= 256 bytes + specials, <= 65535 fits uint16
+    # images: side of the square the images are centre-cropped and resized to (a power of two for the generators)
+    image_size: int = Field(16, ge=8, le=1024)
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
     test_fraction: float = Field(0.05, gt=0, lt=0.5)
     out_dir: ProjectPath = Path("data/processed")
     metrics_path: ProjectPath = Path("metrics/preprocess.json")
 
 
-class GPTParams(Section):
+_LOOP_FIELDS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps", "weight_decay",
+                "beta1", "beta2", "grad_clip", "eval_interval", "eval_batches", "log_interval", "seed")
+
+
+class GeneratorSection(Section):
+    """A generator's hyper-parameters, plus optional overrides of `train` loop settings for this generator only
+    (a GAN wants lr 2e-4 and beta1 0.5 where a GPT wants 3e-3 and 0.9), so switching `model.name` alone trains
+    each family with settings that suit it."""
+
+    train: dict[str, Any] | None = None
+
+    @field_validator("train")
+    @classmethod
+    def _loop_keys(cls, value: dict | None) -> dict | None:
+        unknown = sorted(set(value or {}) - set(_LOOP_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown train setting {', '.join(unknown)}; allowed keys: {', '.join(_LOOP_FIELDS)}")
+        return value
+
+    def architecture(self) -> dict[str, Any]:
+        """Return the hyper-parameters that build the model (not the training overrides)."""
+        return self.model_dump(exclude={"train"})
+
+
+class GPTParams(GeneratorSection):
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
     n_embd: int = Field(128, ge=8)
@@ -119,7 +160,7 @@ class GPTParams(Section):
         return self
 
 
-class RNNParams(Section):
+class RNNParams(GeneratorSection):
     n_layer: int = Field(2, ge=1)
     n_embd: int = Field(128, ge=1)  # token embedding width
     n_hidden: int = Field(256, ge=1)  # recurrent state width
@@ -134,11 +175,57 @@ class LoraParams(Section):
     target_modules: list[str] = Field(default_factory=lambda: ["c_attn"], min_length=1)  # GPT-2: c_attn, c_proj, c_fc
 
 
+# Loop settings the image families train well with when params.yaml does not give their `train` overrides.
+_IMAGE_TRAIN = {"batch_size": 64, "lr": 0.001, "weight_decay": 0.0, "beta2": 0.999, "warmup_steps": 20}
+_GAN_TRAIN = {"batch_size": 64, "lr": 0.0002, "beta1": 0.5, "beta2": 0.999, "weight_decay": 0.0, "warmup_steps": 0,
+              "grad_clip": 0.0}
+
+
+class DCGANParams(GeneratorSection):
+    train: dict[str, Any] | None = Field(default_factory=lambda: dict(_GAN_TRAIN))
+    n_z: int = Field(64, ge=1)  # latent size
+    ngf: int = Field(64, ge=1)  # generator width at its last layer
+    ndf: int = Field(64, ge=1)  # discriminator width at its first layer
+    embed_dim: int = Field(16, ge=1)  # cdcgan: label embedding width
+
+
+class VAEParams(GeneratorSection):
+    train: dict[str, Any] | None = Field(default_factory=lambda: dict(_IMAGE_TRAIN))
+    latent_dim: int = Field(16, ge=1)
+    base_channels: int = Field(32, ge=1)
+    beta: float = Field(1.0, gt=0)  # weight of the KL term (1: the ELBO)
+
+
+class DDPMParams(GeneratorSection):
+    train: dict[str, Any] | None = Field(default_factory=lambda: dict(_IMAGE_TRAIN))
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=1)  # UNet widths
+    layers_per_block: int = Field(1, ge=1)
+    attention: bool = True  # self-attention at the lowest resolution
+    norm_num_groups: int = Field(8, ge=1)
+    num_train_timesteps: int = Field(1000, ge=2)
+    beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "linear"
+    ema_decay: float = Field(0.999, gt=0, lt=1)  # samples come from the EMA weights
+    sampler: Literal["ddpm", "ddim", "dpm_solver"] = "ddim"  # ddpm: full ancestral sampling, slow
+    sample_steps: int = Field(50, ge=1)  # steps of the ddim / dpm_solver sampler
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> DDPMParams:
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"block_out_channels {bad} must be multiples of norm_num_groups ({self.norm_num_groups})")
+        return self
+
+
 class ModelParams(Section):
-    name: Literal["gpt", "lstm", "gru"] = "gpt"  # the generator; its hyper-parameters are in the section so named
+    # The generator; its hyper-parameters are in the section so named.
+    name: GeneratorName = "gpt"
     gpt: GPTParams = Field(default_factory=dict)
     lstm: RNNParams = Field(default_factory=dict)
     gru: RNNParams = Field(default_factory=dict)
+    dcgan: DCGANParams = Field(default_factory=dict)
+    cdcgan: DCGANParams = Field(default_factory=dict)
+    vae: VAEParams = Field(default_factory=dict)
+    ddpm: DDPMParams = Field(default_factory=dict)
     # Start from a checkpoint instead of random weights (gpt only): models:/NAME@alias or models:/NAME/VERSION,
     # a local genpipe or Hugging Face model directory, or a hub id (online). Its tokenizer replaces preprocess's.
     init_from: str | None = None
@@ -154,9 +241,14 @@ class ModelParams(Section):
         return value
 
     @property
-    def hparams(self) -> Section:
+    def hparams(self) -> GeneratorSection:
         """Return the hyper-parameters of the chosen generator."""
         return getattr(self, self.name)
+
+    @property
+    def modality(self) -> str:
+        """Return "text" or "image": what the chosen generator generates."""
+        return MODALITY[self.name]
 
 
 class TrainParams(Section):
@@ -197,21 +289,52 @@ class EvaluateParams(Section):
     sample_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.8, ge=0)  # 0 means greedy
     top_k: int = Field(50, ge=0)  # 0 disables top-k filtering
+    # images: FID, KID, IS, precision/recall compare this many generated images with as many real training images
+    # (capped by half the training split, so that the real-vs-real floor uses two disjoint halves of that size)
+    n_images: int = Field(1000, ge=10)
+    kid_subset_size: int = Field(100, ge=2)
+    pr_k: int = Field(3, ge=1)  # k of the k-NN balls of precision/recall
+    grid_rows: int = Field(8, ge=1)  # sample grid: grid_rows x grid_rows images (conditional: a row per class)
+    grid_scale: int = Field(4, ge=1)  # nearest-neighbour upscaling of the grid PNG
+    sample_steps: int | None = Field(None, ge=1)  # ddpm: sampler steps for evaluation (null: the model's default)
     seed: int = 0
     out_dir: ProjectPath = Path("artifacts/evaluate")
     metrics_path: ProjectPath = Path("metrics/evaluate.json")
 
 
-# Metrics the champion gate can compare, and whether larger is better.
-PROMOTE_METRICS: dict[str, bool] = {"test_bpb": False, "test_perplexity": False, "bleu": True, "rouge_l": True}
+class ClassifierParams(Section):
+    """The feature extractor of the image metrics: a small CNN trained on the real training images (labels, or
+    rotations when the data has none). One per dataset, shared by every image generator, so their FID, KID and IS
+    compare. Text data skips this stage."""
+
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.002, gt=0)
+    width: int = Field(32, ge=4)  # channels of the first conv block
+    feature_dim: int = Field(64, ge=2)  # the features FID/KID/precision/recall compare
+    seed: int = 0
+    out_dir: ProjectPath = Path("artifacts/classifier")
+    metrics_path: ProjectPath = Path("metrics/classifier.json")
+
+
+# Metrics the champion gate can compare, by modality, and whether larger is better.
+PROMOTE_METRICS: dict[str, dict[str, bool]] = {
+    "text": {"test_bpb": False, "test_perplexity": False, "bleu": True, "rouge_l": True},
+    "image": {"fid": False, "kid": False, "inception_score": True, "precision": True, "recall": True},
+}
+DEFAULT_PROMOTE_METRIC = {"text": "test_bpb", "image": "fid"}
 
 
 class RegisterParams(Section):
-    model_name: str = Field("text-generator", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # The registered model; null: text-generator or image-generator, by the chosen generator's modality.
+    model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     tracking_uri: str = "sqlite:///mlflow.db"  # relative sqlite paths are relative to the project root
     experiment_name: str = "genpipe"
     artifacts_dir: StatePath = Path("mlartifacts")  # where a new experiment stores its artifacts
-    promote_metric: Literal["test_bpb", "test_perplexity", "bleu", "rouge_l"] = "test_bpb"
+    # null: test_bpb (text) or fid (image). Text: test_bpb | test_perplexity | bleu | rouge_l;
+    # image: fid | kid | inception_score | precision | recall
+    promote_metric: Literal["test_bpb", "test_perplexity", "bleu", "rouge_l", "fid", "kid", "inception_score",
+                            "precision", "recall"] | None = None
     min_improvement: float = Field(0.0, ge=0)  # absolute margin, in the metric's units, a challenger must win by
     lora_export: Literal["merged", "adapter"] = "merged"  # LoRA models: fold adapters into weights, or keep apart
     # gate: every new version becomes @challenger and takes @champion when it wins; never: register and tag only
@@ -231,7 +354,7 @@ class RegisterParams(Section):
 
     @property
     def greater_is_better(self) -> bool:
-        return PROMOTE_METRICS[self.promote_metric]
+        return {**PROMOTE_METRICS["text"], **PROMOTE_METRICS["image"]}[self.promote_metric]
 
 
 class FlowParams(Section):
@@ -244,7 +367,8 @@ class FlowParams(Section):
     retry_delay_s: float = Field(10.0, ge=0)  # first retry delay; doubles on each further retry
     # Per-stage time limits in seconds (null: none). A stage over its limit fails the flow run; outputs are atomic.
     timeouts_s: dict[Literal[STAGES], float | None] = Field(default_factory=lambda: {  # type: ignore[valid-type]
-        "ingest": 3600, "clean": 3600, "preprocess": 3600, "train": None, "evaluate": 3600, "register": 900})
+        "ingest": 3600, "clean": 3600, "preprocess": 3600, "classifier": 3600, "train": None, "evaluate": 3600,
+        "register": 900})
 
     @field_validator("cron")
     @classmethod
@@ -286,12 +410,37 @@ with warnings.catch_warnings():
         ingest: IngestParams = Field(default_factory=dict)
         clean: CleanParams = Field(default_factory=dict)
         preprocess: PreprocessParams = Field(default_factory=dict)
+        classifier: ClassifierParams = Field(default_factory=dict)
         model: ModelParams = Field(default_factory=dict)
         train: TrainParams = Field(default_factory=dict)
         evaluate: EvaluateParams = Field(default_factory=dict)
         register: RegisterParams = Field(default_factory=dict)
         flow: FlowParams = Field(default_factory=dict)
         root: Path = Field(default=Path("."), exclude=True)  # the project directory (set by the loader)
+
+        @model_validator(mode="after")
+        def _resolve_for_generator(self) -> Params:
+            """Apply the chosen generator's `train` overrides; fill the registry defaults of its modality."""
+            modality = self.model.modality
+            overrides = self.model.hparams.train or {}
+            if overrides:
+                merged = {**self.train.model_dump(), **overrides}
+                try:
+                    object.__setattr__(self, "train", TrainParams.model_validate(merged))
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    key = ".".join([f"model.{self.model.name}.train", *(str(p) for p in err["loc"])])
+                    raise ValueError(f"{key}: {err['msg'].removeprefix('Value error, ')}") from None
+            reg = self.register
+            if reg.model_name is None:
+                object.__setattr__(reg, "model_name", f"{modality}-generator")
+            if reg.promote_metric is None:
+                object.__setattr__(reg, "promote_metric", DEFAULT_PROMOTE_METRIC[modality])
+            elif reg.promote_metric not in PROMOTE_METRICS[modality]:
+                raise ValueError(f"register.promote_metric: {reg.promote_metric!r} is not a metric of {modality} "
+                                 f"generators ({self.model.name}); allowed values: "
+                                 f"{', '.join(PROMOTE_METRICS[modality])}")
+            return self
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -303,6 +452,8 @@ def _describe(err: dict[str, Any]) -> str:
         allowed = err.get("ctx", {}).get("expected", "")
         return f"{key}: {value!r} is not allowed; allowed values: {allowed}"
     msg = msg.removeprefix("Value error, ")
+    if not key:  # a check across sections names its keys itself
+        return msg
     return f"{key}: {msg} (got {value!r})" if not isinstance(value, dict) else f"{key}: {msg}"
 
 

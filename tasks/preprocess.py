@@ -18,7 +18,7 @@ import numpy as np
 
 from tasks.clean import CLEAN_FILE
 from tasks.errors import DataError
-from tasks.io import atomic_path, read_jsonl, write_json
+from tasks.io import atomic_path, read_json, read_jsonl, write_json
 from tasks.params import Params, PreprocessParams
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,11 @@ TOKENIZER_FILE = "tokenizer.json"  # inside preprocess.out_dir
 META_FILE = "meta.json"
 
 
-def split_of(text: str, val_fraction: float, test_fraction: float) -> str:
-    """Assign a document to a split by its content hash: stable as the corpus grows or is reordered."""
-    u = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
+def split_of(text: str | bytes, val_fraction: float, test_fraction: float) -> str:
+    """Assign a document (or an encoded image) to a split by its content hash: stable as the data grows or is
+    reordered."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    u = int.from_bytes(hashlib.sha256(data).digest()[:8], "big") / 2**64
     if u < test_fraction:
         return "test"
     if u < test_fraction + val_fraction:
@@ -117,8 +119,53 @@ def load_tokens(out_dir: Path, split: str) -> np.ndarray:
     return np.load(out_dir / f"{split}.npy", mmap_mode="r")
 
 
+def load_images(out_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Memory-map one split's images, uint8 (N, C, S, S), and load its int64 labels (all 0 when unlabelled)."""
+    return np.load(out_dir / f"{split}.npy", mmap_mode="r"), np.load(out_dir / f"{split}_labels.npy")
+
+
+def preprocess_images(params: Params) -> dict:
+    """Split the clean images by content hash; centre-crop and resize them to `image_size`; write one uint8
+    array (N, C, S, S) and one label array per split, and meta.json."""
+    from tasks.images import decode, read_pack, square_resize
+
+    cfg = params.preprocess
+    rows, classes, blobs = read_pack(params.clean.out_dir)
+    mode = read_json(params.clean.out_dir / "mode.json")["mode"]
+    channels = 1 if mode == "L" else 3
+    parts: dict[str, tuple[list[np.ndarray], list[int]]] = {s: ([], []) for s in SPLITS}
+    for row, data in zip(rows, blobs):
+        images, labels = parts[split_of(data, cfg.val_fraction, cfg.test_fraction)]
+        images.append(square_resize(decode(data), cfg.image_size))
+        labels.append(row["label"] if row["label"] is not None else 0)
+    empty = [s for s in SPLITS if not parts[s][0]]
+    if empty:
+        raise DataError(f"split {'/'.join(empty)} is empty: {len(rows)} images are too few for "
+                        f"preprocess.val_fraction={cfg.val_fraction} and preprocess.test_fraction="
+                        f"{cfg.test_fraction}; add data or raise the fractions")
+    meta: dict = {"modality": "image", "image_size": cfg.image_size, "channels": channels, "mode": mode,
+                  "n_classes": len(classes), "classes": classes}
+    with atomic_path(cfg.out_dir) as out:
+        out.mkdir()
+        for split, (images, labels) in parts.items():
+            arr = np.stack(images).reshape(len(images), channels, cfg.image_size, cfg.image_size)
+            np.save(out / f"{split}.npy", arr)
+            np.save(out / f"{split}_labels.npy", np.asarray(labels, dtype=np.int64))
+            meta[split] = {"n_images": len(images),
+                           "class_counts": np.bincount(labels, minlength=len(classes)).tolist() if classes else []}
+        write_json(out / META_FILE, meta)
+    metrics = {"image_size": cfg.image_size, "channels": channels, "n_classes": len(classes),
+               **{f"{s}_n_images": meta[s]["n_images"] for s in SPLITS}}
+    write_json(cfg.metrics_path, metrics)
+    log.info("preprocess: %d/%d/%d train/val/test images at %dx%d, %d channel(s), %d classes",
+             *(meta[s]["n_images"] for s in SPLITS), cfg.image_size, cfg.image_size, channels, len(classes))
+    return metrics
+
+
 def preprocess(params: Params) -> dict:
     """Split, train the tokenizer on train, and write token streams, tokenizer.json and meta.json."""
+    if params.model.modality == "image":
+        return preprocess_images(params)
     cfg = params.preprocess
     texts = [r["text"] for r in read_jsonl(params.clean.out_dir / CLEAN_FILE)]
     splits = split_documents(texts, cfg)
@@ -137,7 +184,7 @@ def preprocess(params: Params) -> dict:
         tok = train_char_tokenizer(splits["train"])
     else:
         tok = train_tokenizer(splits["train"], cfg.vocab_size)
-    meta: dict = {"tokenizer": params.model.init_from or cfg.tokenizer, "vocab_size": tok.get_vocab_size(), "eot_id": tok.token_to_id(EOT)}
+    meta: dict = {"modality": "text", "tokenizer": params.model.init_from or cfg.tokenizer, "vocab_size": tok.get_vocab_size(), "eot_id": tok.token_to_id(EOT)}
     with atomic_path(cfg.out_dir) as out:
         out.mkdir()
         tok.save(str(out / TOKENIZER_FILE))

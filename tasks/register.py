@@ -25,8 +25,9 @@ from tasks.train import RUN_FILE
 
 log = logging.getLogger(__name__)
 
-PYFUNC_FILE = Path(__file__).resolve().parent.parent / "models" / "text_pyfunc.py"
-MODELS_DIR = PYFUNC_FILE.parent
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+PYFUNC_FILE = MODELS_DIR / "text_pyfunc.py"
+IMAGE_PYFUNC_FILE = MODELS_DIR / "image_pyfunc.py"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -60,11 +61,58 @@ def _signature():
     return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string", "text")]))
 
 
+def _image_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = Schema([
+        ColSpec("long", "n"),
+        ColSpec("long", "seed", required=False),
+        ColSpec("long", "class_label", required=False),
+        ColSpec("long", "steps", required=False),
+        ColSpec("long", "scale", required=False),
+    ])
+    outputs = Schema([ColSpec("string", "image"), ColSpec("long", "index"), ColSpec("long", "class_label"),
+                      ColSpec("long", "seed")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
 def _requirements(with_peft: bool) -> list[str]:
     from importlib.metadata import version
 
     packages = ["torch", "transformers", "tokenizers", "safetensors", "mlflow", "pandas"] + ["peft"] * with_peft
     return [f"{p}=={version(p)}" for p in packages]
+
+
+def _image_requirements(generator: str) -> list[str]:
+    from importlib.metadata import version
+
+    packages = ["torch", "safetensors", "mlflow", "pandas", "numpy", "pillow"] + ["diffusers"] * (generator == "ddpm")
+    return [f"{p}=={version(p)}" for p in packages]
+
+
+def _model_files(params: Params, scratch: Path) -> dict:
+    """Return what `log_model` needs for the chosen generator's modality, and the evaluation files to attach."""
+    data_dir, evaluation = params.preprocess.out_dir, params.evaluate.out_dir
+    if params.model.modality == "image":
+        n_classes = read_json(data_dir / META_FILE).get("n_classes", 0)
+        example = {"n": [2], "seed": [0]} | ({"class_label": [0]} if params.model.name == "cdcgan" and n_classes
+                                             else {})
+        return {"python_model": str(IMAGE_PYFUNC_FILE),
+                "artifacts": {"generator": str(params.train.out_dir), "data_meta": str(data_dir / META_FILE)},
+                "signature": _image_signature(), "input_example": example,
+                "pip_requirements": _image_requirements(params.model.name),
+                "evaluation": sorted(p for p in evaluation.iterdir() if p.is_file())}
+    generator_dir = _generator_to_log(params, scratch)
+    return {"python_model": str(PYFUNC_FILE),
+            "artifacts": {"generator": str(generator_dir), "tokenizer": str(data_dir / TOKENIZER_FILE),
+                          "data_meta": str(data_dir / META_FILE)},
+            "signature": _signature(),
+            "input_example": {"prompt": ["The "], "max_new_tokens": [8], "temperature": [0.0], "top_k": [0],
+                              "seed": [0]},
+            "pip_requirements": _requirements(with_peft=generator_dir == params.train.out_dir and
+                                              params.model.lora is not None),
+            "evaluation": [evaluation / "samples.jsonl"]}
 
 
 def _generator_to_log(params: Params, scratch: Path) -> Path:
@@ -140,7 +188,7 @@ def register(params: Params) -> dict:
     with tempfile.TemporaryDirectory() as scratch, mlflow.start_run(run_id=run_id if resumed else None, experiment_id=experiment_id) as run:
         if not resumed:  # training was logged elsewhere (or restored from DVC's cache): backfill its curve
             mlflow.log_params({"model.name": params.model.name,
-                               **{f"model.{k}": v for k, v in params.model.hparams.model_dump().items()}})
+                               **{f"model.{k}": v for k, v in params.model.hparams.architecture().items()}})
             for row in history:
                 mlflow.log_metrics({"train_loss": row["train_loss"], "val_loss": row["val_loss"]}, step=row["step"])
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
@@ -149,21 +197,11 @@ def register(params: Params) -> dict:
             warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways": it is a local path
             source = resolve_dataset_source(str(data_dir))
         mlflow.log_input(MetaDataset(source, name="corpus", digest=data_digest[:16]), context="training")
-        mlflow.log_artifact(str(params.evaluate.out_dir / "samples.jsonl"), artifact_path="evaluation")
-        generator_dir = _generator_to_log(params, Path(scratch))
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(PYFUNC_FILE),
-            artifacts={"generator": str(generator_dir), "tokenizer": str(data_dir / TOKENIZER_FILE),
-                       "data_meta": str(data_dir / META_FILE)},
-            code_paths=[str(MODELS_DIR)],
-            signature=_signature(),
-            input_example={"prompt": ["The "], "max_new_tokens": [8], "temperature": [0.0], "top_k": [0],
-                           "seed": [0]},
-            pip_requirements=_requirements(with_peft=generator_dir == params.train.out_dir and
-                                           params.model.lora is not None),
-            registered_model_name=cfg.model_name,
-        )
+        spec = _model_files(params, Path(scratch))
+        for path in spec.pop("evaluation"):
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        info = mlflow.pyfunc.log_model(name="model", code_paths=[str(MODELS_DIR)],
+                                       registered_model_name=cfg.model_name, **spec)
         run_id = run.info.run_id
 
     version = str(info.registered_model_version)

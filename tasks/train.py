@@ -131,6 +131,38 @@ class StreamWindows:
         self.position = state["position"]
 
 
+class ImageBatches:
+    """Random (x, y) batches of images, x scaled to [-1, 1], drawn with replacement with an explicit generator.
+
+    The generator's state is the data position: saving and restoring it resumes the exact batch sequence."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, generator: torch.Generator,
+                 device: torch.device) -> None:
+        if len(images) == 0:
+            from tasks.errors import DataError
+
+            raise DataError("the training split has no images")
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.generator, self.device = generator, device
+
+    def __call__(self) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(len(self.images), (self.batch_size,), generator=self.generator).sort().values.numpy()
+        return image_batch(self.images, self.labels, idx, self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def image_batch(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Gather images (uint8, N C H W) and labels at `idx` into an (x in [-1, 1], y) batch on `device`."""
+    x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device, non_blocking=True).float() / 127.5 - 1
+    y = torch.from_numpy(np.asarray(labels[idx], dtype=np.int64)).to(device, non_blocking=True)
+    return x, y  # (B, C, H, W), (B,)
+
+
 class Optimizers:
     """The optimizers of one model plus the AMP and clipping policy; implements `models.base.Optimization`."""
 
@@ -175,13 +207,19 @@ class Optimizers:
             opt.load_state_dict(state[name])
 
 
-def build_model(params: Params, vocab_size: int, eot_id: int, pretrained: Pretrained | None = None) -> Generator:
+def build_model(params: Params, meta: dict, pretrained: Pretrained | None = None) -> Generator:
     """Instantiate the generator named by `model.name`: from `model.init_from` when set, else from its params
-    section and the data's vocabulary."""
+    section and what the data fixes (vocabulary; image size, channels and classes)."""
+    from tasks.errors import DataError
+
+    modality = meta.get("modality", "text")
+    if modality != params.model.modality:
+        raise DataError(f"the preprocessed data is {modality} but model.name {params.model.name!r} generates "
+                        f"{params.model.modality}: rerun preprocess (`dvc repro` does)")
     if pretrained is not None:
-        model = _from_checkpoint(params, vocab_size, eot_id, pretrained)
+        model = _from_checkpoint(params, meta["vocab_size"], meta["eot_id"], pretrained)
     else:
-        model = _fresh(params, vocab_size, eot_id)
+        model = _fresh(params, meta)
     lora = params.model.lora
     if lora is not None:
         from models.gpt import LoraTargetError
@@ -195,12 +233,24 @@ def build_model(params: Params, vocab_size: int, eot_id: int, pretrained: Pretra
     return model
 
 
-def _fresh(params: Params, vocab_size: int, eot_id: int) -> Generator:
+DATA_FIELDS = ("vocab_size", "eot_id", "image_size", "channels", "n_classes")  # model config fields the data fixes
+
+
+def _fresh(params: Params, meta: dict) -> Generator:
+    from tasks.errors import DataError
+
     cls = generator_class(params.model.name)
-    hparams = params.model.hparams.model_dump()
+    hparams = params.model.hparams.architecture()
     fields = {f.name for f in dataclasses.fields(cls.Config)}
-    extra = {k: v for k, v in {"vocab_size": vocab_size, "eot_id": eot_id}.items() if k in fields}
-    return cls(cls.Config(**hparams, **extra))
+    extra = {k: meta[k] for k in DATA_FIELDS if k in fields and k in meta}
+    if getattr(cls, "conditional", False) and meta.get("n_classes", 0) < 2:
+        raise DataError(f"{params.model.name} is class-conditional but the data has {meta.get('n_classes', 0)} "
+                        "classes: give images in one subfolder per class (or a label array), or pick another "
+                        "generator")
+    try:
+        return cls(cls.Config(**hparams, **extra))
+    except ValueError as exc:  # a combination the architecture cannot build (e.g. image size vs depth)
+        raise DataError(f"model.{params.model.name}: {exc}") from None
 
 
 def _from_checkpoint(params: Params, vocab_size: int, eot_id: int, pretrained: Pretrained) -> Generator:
@@ -225,16 +275,27 @@ def _from_checkpoint(params: Params, vocab_size: int, eot_id: int, pretrained: P
 
 
 @torch.no_grad()
-def validation_loss(model: TextGenerator, tokens: np.ndarray, cfg: TrainParams, opt: Optimizers,
-                    device: torch.device) -> float:
-    """Return the mean loss over `eval_batches` windows of the validation stream, the same windows every time."""
-    windows = TokenWindows(tokens, model.block_size, cfg.batch_size,
-                           torch.Generator().manual_seed(cfg.seed + 1), device)
+def validation_loss(model: Generator, data: Any, cfg: TrainParams, opt: Optimizers, device: torch.device) -> float:
+    """Return the mean loss over `eval_batches` batches of the validation split, the same batches every time.
+
+    Text: windows of the validation stream. Images: the split in order, with any randomness of the loss (noise,
+    timesteps) drawn from a fixed seed on a forked RNG, so validating never shifts the training RNG."""
     model.eval()
     losses = []
-    for _ in range(cfg.eval_batches):
-        with opt.autocast():
-            losses.append(model.loss(windows()).item())
+    if isinstance(model, TextGenerator):
+        windows = TokenWindows(data, model.block_size, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1),
+                               device)
+        for _ in range(cfg.eval_batches):
+            with opt.autocast():
+                losses.append(model.loss(windows()).item())
+    else:
+        images, labels = data
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed + 1)
+            for start in range(0, min(len(images), cfg.eval_batches * cfg.batch_size), cfg.batch_size):
+                idx = np.arange(start, min(start + cfg.batch_size, len(images)))
+                with opt.autocast():
+                    losses.append(model.validation_loss(image_batch(images, labels, idx, device)).item())
     model.train()
     return float(np.mean(losses))
 
@@ -244,7 +305,7 @@ def run_key(params: Params, data_digest: str) -> str:
     train = params.train.model_dump(exclude={"out_dir", "checkpoint_dir", "metrics_path", "plots_path",
                                              "log_interval", "device"})
     model = {"name": params.model.name, "init_from": params.model.init_from,
-             **params.model.hparams.model_dump()}  # not the unchosen generators' params
+             **params.model.hparams.architecture()}  # not the unchosen generators' params
     blob = json.dumps({"model": model, "train": train, "data": data_digest}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -263,7 +324,7 @@ def _start_mlflow(params: Params, run_id: str | None) -> str | None:
         run = mlflow.start_run(run_id=run_id if run_exists(run_id) else None, experiment_id=experiment_id,
                                log_system_metrics=False)
         if run_id is None or run.info.run_id != run_id:
-            flat = {f"model.{k}": v for k, v in params.model.hparams.model_dump().items()}
+            flat = {f"model.{k}": v for k, v in params.model.hparams.architecture().items()}
             flat |= {"model.name": params.model.name}
             flat |= {f"train.{k}": v for k, v in params.train.model_dump(mode="json").items()}
             mlflow.log_params(flat)
@@ -297,23 +358,31 @@ class Trainer:
         cfg, data_dir = params.train, params.preprocess.out_dir
         self.params, self.cfg = params, cfg
         self.meta = read_json(data_dir / META_FILE)
-        digest = hashlib.sha256(b"".join(sha256_file(data_dir / f).encode()
-                                         for f in (META_FILE, "train.npy", "val.npy"))).hexdigest()
+        self.image = self.meta.get("modality", "text") == "image"
+        inputs = (META_FILE, "train.npy", "val.npy") + (("train_labels.npy", "val_labels.npy") if self.image else ())
+        digest = hashlib.sha256(b"".join(sha256_file(data_dir / f).encode() for f in inputs)).hexdigest()
         self.device = pick_device(cfg.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)
         self.pretrained = resolve_init_from(params)
-        self.model = build_model(params, self.meta["vocab_size"], self.meta["eot_id"], self.pretrained).to(self.device)
+        self.model = build_model(params, self.meta, self.pretrained).to(self.device)
         self.opt = Optimizers(self.model, cfg, self.device)
-        train_tokens = load_tokens(data_dir, "train")
-        if self.model.stateful:
-            self.windows = StreamWindows(train_tokens, self.model.block_size, cfg.batch_size, self.device)
-        else:
-            self.windows = TokenWindows(train_tokens, self.model.block_size, cfg.batch_size,
+        if self.image:
+            from tasks.preprocess import load_images
+
+            self.windows = ImageBatches(*load_images(data_dir, "train"), cfg.batch_size,
                                         torch.Generator().manual_seed(cfg.seed), self.device)
-        self.val_tokens = load_tokens(data_dir, "val")
+            self.val_data = load_images(data_dir, "val")
+        else:
+            train_tokens = load_tokens(data_dir, "train")
+            if self.model.stateful:
+                self.windows = StreamWindows(train_tokens, self.model.block_size, cfg.batch_size, self.device)
+            else:
+                self.windows = TokenWindows(train_tokens, self.model.block_size, cfg.batch_size,
+                                            torch.Generator().manual_seed(cfg.seed), self.device)
+            self.val_data = load_tokens(data_dir, "val")
         self.ckpt_dir = cfg.checkpoint_dir / run_key(params, digest)
 
     # ------------------------------------------------------------------------------------------ checkpoints
@@ -364,12 +433,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{train_loss:.3f}")
                 _log_mlflow({"train_loss": train_loss, "lr": lr_at(step - 1, cfg)}, step, progress.run_id)
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:  # (5) validate, keep best, checkpoint
-                val = validation_loss(model, self.val_tokens, cfg, self.opt, self.device)
+                val = validation_loss(model, self.val_data, cfg, self.opt, self.device)
                 train_loss, recent = float(np.mean(recent)), []
                 progress.history.append({"step": step, "train_loss": round(train_loss, 5), "val_loss": round(val, 5)})
                 _log_mlflow({"val_loss": val}, step, progress.run_id)
                 log.info("train: step %d/%d train_loss %.4f val_loss %.4f", step, cfg.max_steps, train_loss, val)
-                if val < progress.best_val:
+                if val < progress.best_val or not getattr(model, "select_best", True):  # GANs: keep the last
                     progress.best_val = val
                     save_checkpoint(self.ckpt_dir / "best", model, {"step": step, "val_loss": val})
                 self.checkpoint(progress)
@@ -377,7 +446,7 @@ class Trainer:
 
     def best_model(self, progress: Progress) -> tuple[Generator, int]:
         """Load the weights with the lowest validation loss; refuse if validation never gave a finite loss."""
-        best = build_model(self.params, self.meta["vocab_size"], self.meta["eot_id"], self.pretrained)
+        best = build_model(self.params, self.meta, self.pretrained)
         state = load_checkpoint(self.ckpt_dir / "best", best)
         if state is None:
             from tasks.errors import UserError
@@ -419,7 +488,9 @@ def train(params: Params) -> dict:
     with atomic_path(cfg.out_dir) as out:
         best.save(out)
         write_json(out / RUN_FILE, {"run_id": progress.run_id})
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * model.block_size
+    # text: tokens per step; images: images per step
+    per_step = cfg.batch_size * cfg.grad_accum * (1 if trainer.image else model.block_size)
+    throughput = "images_per_second" if trainer.image else "tokens_per_second"
     metrics = {
         "best_val_loss": round(progress.best_val, 5),
         "best_step": best_step,
@@ -428,7 +499,7 @@ def train(params: Params) -> dict:
         "n_params_trainable": n_trainable,
         "trainable_fraction": round(n_trainable / n_total, 6),
         "steps": cfg.max_steps,
-        "tokens_per_second": round(tokens_per_step * steps_run / seconds, 1) if steps_run else None,
+        throughput: round(per_step * steps_run / seconds, 1) if steps_run else None,
         "train_seconds": round(seconds, 1),  # of this invocation (a resumed run counts only its own steps)
         "device": trainer.device.type,
     }

@@ -62,6 +62,16 @@ TINY: dict[str, Any] = {
         "out_dir": "data/processed",
         "metrics_path": "metrics/preprocess.json",
     },
+    "classifier": {
+        "steps": 30,
+        "batch_size": 64,
+        "lr": 0.003,
+        "width": 8,
+        "feature_dim": 16,
+        "seed": 0,
+        "out_dir": "artifacts/classifier",
+        "metrics_path": "metrics/classifier.json",
+    },
     "model": {
         "name": "gpt",
         "gpt": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.0},
@@ -101,10 +111,26 @@ TINY: dict[str, Any] = {
         "tracking_uri": "sqlite:///mlflow.db",  # made absolute (inside the project) by the params loader
         "experiment_name": "genpipe-test",
         "artifacts_dir": "mlartifacts",
-        "promote_metric": "test_bpb",
+        "promote_metric": None,  # the modality's default: test_bpb (text) or fid (images)
         "min_improvement": 0.0,
         "metrics_path": "metrics/register.json",
     },
+}
+
+# Overrides that make the image generators tiny (merge into TINY with `project.make_params(**TINY_IMAGE, ...)`).
+_TINY_IMAGE_TRAIN = {"max_steps": 4, "batch_size": 8, "eval_interval": 2, "eval_batches": 1, "warmup_steps": 0,
+                     "log_interval": 1}
+TINY_IMAGE: dict[str, Any] = {
+    "ingest": {"image_sources": ["data/inputs/images"]},
+    "preprocess": {"image_size": 8, "val_fraction": 0.1, "test_fraction": 0.1},
+    "model": {
+        "dcgan": {"n_z": 8, "ngf": 8, "ndf": 8, "embed_dim": 4, "train": _TINY_IMAGE_TRAIN},
+        "cdcgan": {"n_z": 8, "ngf": 8, "ndf": 8, "embed_dim": 4, "train": _TINY_IMAGE_TRAIN},
+        "vae": {"latent_dim": 4, "base_channels": 8, "train": _TINY_IMAGE_TRAIN},
+        "ddpm": {"block_out_channels": [8, 16], "norm_num_groups": 8, "num_train_timesteps": 20, "sample_steps": 3,
+                 "train": _TINY_IMAGE_TRAIN},
+    },
+    "evaluate": {"n_images": 20, "kid_subset_size": 10, "grid_rows": 4, "grid_scale": 1},
 }
 
 # Words of the generated corpus. No q, x, z or j appears in them, so tests can use such letters as markers.
@@ -173,6 +199,25 @@ class Project:
             for i, doc in enumerate(docs):
                 (folder / f"{i:04d}{suffix}").write_text(doc, encoding="utf-8")
         return docs
+
+    def write_images(self, per_class: int = 40, size: int = 12, folder: str = "images", seed: int = 0,
+                     classes: tuple[str, ...] = ("left", "right", "top")) -> Path:
+        """Write `per_class` distinct grayscale PNGs per class into `data/inputs/<folder>/<class>/`: class k has a
+        bright left, right, top or bottom half (k mod 4) plus noise, so classes are easy to tell apart."""
+        import numpy as np
+        from PIL import Image
+
+        rng = np.random.default_rng(seed)
+        root = self.root / "data" / "inputs" / folder
+        half = size // 2
+        regions = [np.s_[:, :half], np.s_[:, half:], np.s_[:half, :], np.s_[half:, :]]
+        for k, name in enumerate(classes):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 60, (size, size))
+                pixels[regions[k % 4]] += 180
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / name / f"{i:03d}.png")
+        return root
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)

@@ -11,7 +11,7 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 
-ALL_STAGES = {"ingest", "clean", "preprocess", "train", "evaluate", "register"}
+ALL_STAGES = {"ingest", "clean", "preprocess", "classifier", "train", "evaluate", "register"}
 
 
 def test_repro_trains_a_model_that_beats_the_unigram_baseline(built):
@@ -43,7 +43,7 @@ def test_flow_reruns_exactly_the_stages_a_param_change_affects(built):
     assert lock["stages"]["evaluate"]["params"]["params.yaml"]["evaluate"]["n_samples"] == 3
 
     built.set_params({"preprocess": {"vocab_size": 500}})
-    assert built.flow() == {"preprocess", "train", "evaluate", "register"}
+    assert built.flow() == {"preprocess", "classifier", "train", "evaluate", "register"}
 
     # No document is near a million characters: clean reruns, its output is byte-identical, and DVC's content
     # hashes stop the change there.

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 EXTRA = "data/inputs/notes.txt"
 EXTRA_TEXT = ("Retraining notes. The pipeline reruns only what changed: DVC compares content hashes of code, data "
               "and params with dvc.lock, and the flow skips every stage that is up to date.\n\n") * 20
-ALL = {"ingest", "clean", "preprocess", "train", "evaluate", "register"}
+ALL = {"ingest", "clean", "preprocess", "classifier", "train", "evaluate", "register"}
 
 
 def free_port() -> int:

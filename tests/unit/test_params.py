@@ -15,7 +15,7 @@ from tasks.params import load_params, parse_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SECTIONS = ["ingest", "clean", "preprocess", "model", "train", "evaluate", "register", "flow"]
+SECTIONS = ["ingest", "clean", "preprocess", "classifier", "model", "train", "evaluate", "register", "flow"]
 
 
 def error_of(data, root: Path = Path("/proj")) -> str:
@@ -90,7 +90,7 @@ def test_unknown_nested_key_lists_the_nested_section_keys():
     message = error_of({"model": {"gpt": {"n_layers": 2}}})
     assert "model.gpt.n_layers: unknown key" in message
     allowed = {k.strip() for k in message.split("allowed keys:")[1].split(",")}
-    assert allowed == {"n_layer", "n_head", "n_embd", "block_size", "dropout"}
+    assert allowed == {"n_layer", "n_head", "n_embd", "block_size", "dropout", "train"}
 
 
 def test_root_is_not_a_settable_key():
@@ -100,10 +100,32 @@ def test_root_is_not_a_settable_key():
 
 
 def test_bad_literal_names_key_and_allowed_values():
-    message = error_of({"model": {"name": "vae"}})
+    message = error_of({"model": {"name": "gan"}})
     assert "model.name" in message
-    assert "'vae' is not allowed" in message
-    assert "allowed values: 'gpt', 'lstm' or 'gru'" in message
+    assert "'gan' is not allowed" in message
+    assert "allowed values: 'gpt', 'lstm', 'gru', 'dcgan', 'cdcgan', 'vae' or 'ddpm'" in message
+
+
+def test_each_generator_trains_with_its_own_loop_overrides():
+    gan = parse_params({"model": {"name": "dcgan"}, "train": {"lr": 0.003, "max_steps": 60}}, Path("/proj"))
+    assert (gan.train.lr, gan.train.beta1, gan.train.max_steps) == (0.0002, 0.5, 60)  # override wins, rest kept
+    gpt = parse_params({"model": {"name": "gpt", "dcgan": {"train": {"lr": 1.0}}}, "train": {"lr": 0.003}},
+                       Path("/proj"))
+    assert gpt.train.lr == 0.003  # only the chosen generator's overrides apply
+    assert "model.dcgan.train.lr: Input should be greater than 0" in error_of(
+        {"model": {"name": "dcgan", "dcgan": {"train": {"lr": 0}}}})
+    assert "model.vae.train: unknown train setting out_dir" in error_of(
+        {"model": {"name": "vae", "vae": {"train": {"out_dir": "x"}}}})
+
+
+def test_registry_defaults_follow_the_modality_and_metrics_must_fit_it():
+    text = parse_params({}, Path("/proj")).register
+    image = parse_params({"model": {"name": "ddpm"}}, Path("/proj")).register
+    assert (text.model_name, text.promote_metric) == ("text-generator", "test_bpb")
+    assert (image.model_name, image.promote_metric, image.greater_is_better) == ("image-generator", "fid", False)
+    message = error_of({"model": {"name": "vae"}, "register": {"promote_metric": "bleu"}})
+    assert message.startswith("params.yaml: register.promote_metric: 'bleu' is not a metric of image generators")
+    assert "allowed values: fid, kid, inception_score, precision, recall" in message
 
 
 def test_bad_device_lists_every_allowed_device():

@@ -1,0 +1,122 @@
+"""MLflow pyfunc for image generators, logged as code (models-from-code): nothing is pickled.
+
+`mlflow models serve` and `mlflow.pyfunc.load_model` import this file and rebuild the generator from its
+safetensors weights and JSON config (artifact `generator`). A request row asks for `n` images (required) with
+optional `seed`, `class_label` (conditional generators: an id in 0..n_classes-1), `steps` (iterative samplers such
+as DDPM: sampler steps) and `scale` (nearest-neighbour upscaling of the PNGs). The answer has one row per image:
+`image` (base64-encoded PNG), `index` (within its request row), `class_label` (-1 when unconditional) and `seed`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+MAX_IMAGES = 256  # per request row; more is refused with HTTP 400
+MAX_STEPS = 1000
+MAX_SCALE = 16
+
+
+def _bad_request(message: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _integer(row: dict[str, Any], key: str, default: int | None, low: int, high: int, allowed: str) -> int | None:
+    value = row.get(key)
+    if _missing(value):
+        return default
+    try:
+        valid = float(value).is_integer() and low <= value <= high
+    except (TypeError, ValueError):
+        valid = False
+    if not valid or isinstance(value, bool):
+        raise _bad_request(f"field {key!r}: {value!r} is invalid; expected {allowed}")
+    return int(value)
+
+
+def request_settings(row: dict[str, Any], n_classes: int, conditional: bool) -> dict[str, Any]:
+    """Validate one request row; raise a 400-mapped error naming the bad field and what it accepts."""
+    if _missing(row.get("n")):
+        raise _bad_request("field 'n' is required: the number of images to generate")
+    out = {"n": _integer(row, "n", None, 1, MAX_IMAGES, f"an integer in 1..{MAX_IMAGES}"),
+           "seed": _integer(row, "seed", None, 0, 2**63 - 1, "an integer >= 0"),
+           "steps": _integer(row, "steps", None, 1, MAX_STEPS, f"an integer in 1..{MAX_STEPS}"),
+           "scale": _integer(row, "scale", 1, 1, MAX_SCALE, f"an integer in 1..{MAX_SCALE}")}
+    if conditional:
+        out["class_label"] = _integer(row, "class_label", None, 0, n_classes - 1,
+                                      f"a class id in 0..{n_classes - 1}")
+    elif not _missing(row.get("class_label")):
+        raise _bad_request("field 'class_label': this generator is unconditional; omit the field")
+    else:
+        out["class_label"] = None
+    return out
+
+
+def png_base64(image, scale: int) -> str:
+    """Encode one uint8 image (C, H, W) as a base64 PNG, upscaled by `scale` (nearest neighbour)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image).transpose(1, 2, 0)
+    pixels = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+    if scale > 1:
+        pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class ImageGeneratorModel(PythonModel):
+    """Generate images with a trained image generator."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from models.base import load_generator
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_generator(Path(context.artifacts["generator"]), self.device).eval()
+        meta = json.loads(Path(context.artifacts["data_meta"]).read_text(encoding="utf-8"))
+        self.n_classes = int(meta.get("n_classes", 0))
+        self.conditional = bool(getattr(self.model, "conditional", False))
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+        import torch
+
+        rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
+        out: dict[str, list] = {"image": [], "index": [], "class_label": [], "seed": []}
+        for row in rows:
+            s = request_settings(row, self.n_classes, self.conditional)
+            seed = s["seed"] if s["seed"] is not None else torch.seed() % 2**63
+            gen = torch.Generator().manual_seed(seed)
+            labels = None
+            if self.conditional:
+                labels = (torch.full((s["n"],), s["class_label"], dtype=torch.long) if s["class_label"] is not None
+                          else torch.randint(self.n_classes, (s["n"],), generator=gen))
+            with torch.no_grad():
+                images = self.model.sample(s["n"], generator=gen, labels=labels, steps=s["steps"])
+            pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+            for i, image in enumerate(pixels):
+                out["image"].append(png_base64(image, s["scale"]))
+                out["index"].append(i)
+                out["class_label"].append(int(labels[i]) if labels is not None else -1)
+                out["seed"].append(seed)
+        return pd.DataFrame(out)
+
+
+mlflow.models.set_model(ImageGeneratorModel())
