@@ -92,6 +92,8 @@ class ConvDiscriminator(nn.Module):
         self.features = nn.Sequential(*layers)
         self.out = nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)  # 4x4 -> 1x1
         self.project = nn.Embedding(n_classes, widths[-1] * 16) if n_classes else None
+        if self.project is not None:  # N(0, 1) rows would give initial logits in the tens and saturate the loss
+            nn.init.normal_(self.project.weight, 0.0, 0.02)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """`y` (B,) labels are read only by a conditional discriminator."""

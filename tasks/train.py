@@ -19,13 +19,14 @@ import json
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from models.base import Generator, TextGenerator, generator_class, load_generator
+from models.base import GENERATORS, Generator, TextGenerator, generator_class, load_generator
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.io import atomic_path, read_json, sha256_file, write_json
 from tasks.params import Params, TrainParams
@@ -300,13 +301,28 @@ def validation_loss(model: Generator, data: Any, cfg: TrainParams, opt: Optimize
     return float(np.mean(losses))
 
 
+def code_digest(name: str) -> str:
+    """Digest the code that shapes training: the trainer, the generator protocol and the generator's own module.
+
+    A checkpoint written by other code must not be resumed: DVC reruns training when that code changes, and the
+    rerun has to train, not return the old run's last checkpoint."""
+    import importlib.util
+    import sys
+
+    module = GENERATORS[name].partition(":")[0]
+    files = [Path(__file__), Path(sys.modules[Generator.__module__].__file__),
+             Path(importlib.util.find_spec(module).origin)]
+    return hashlib.sha256(b"".join(sha256_file(f).encode() for f in files)).hexdigest()
+
+
 def run_key(params: Params, data_digest: str) -> str:
-    """Digest everything that determines the trained weights: model, training settings and data."""
+    """Digest everything that determines the trained weights: model, training settings, data and code."""
     train = params.train.model_dump(exclude={"out_dir", "checkpoint_dir", "metrics_path", "plots_path",
                                              "log_interval", "device"})
     model = {"name": params.model.name, "init_from": params.model.init_from,
              **params.model.hparams.architecture()}  # not the unchosen generators' params
-    blob = json.dumps({"model": model, "train": train, "data": data_digest}, sort_keys=True)
+    blob = json.dumps({"model": model, "train": train, "data": data_digest, "code": code_digest(params.model.name)},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
