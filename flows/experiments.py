@@ -22,18 +22,18 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, task
 
 from flows.errors import ExperimentFailed, quiet_expected_errors, run_cli
 from tasks.errors import ParamsError
 from tasks.lineage import PREFECT_RUN_ENV
-from tasks.params import PARAMS_FILE, Params, load_params
+from tasks.params import PARAMS_FILE, GeneratorName, Params, load_params
 
 log = logging.getLogger("flows.experiments")
 
-Generator = Literal["gpt", "lstm", "gru"]
+Generator = GeneratorName  # the deployment's dropdown lists every generator params.yaml accepts
 SHARED_SECTIONS = ("register", "flow")  # one registry and one gate per sweep: not varied per set
 PROGRESS = re.compile(r"\d+/\d+ \[[^]]*it/s\]")  # tqdm bars (artifact downloads): noise in a flow run's log
 

@@ -357,6 +357,27 @@ def _log_mlflow(metrics: dict[str, float], step: int, run_id: str | None) -> Non
         mlflow.log_metrics(metrics, step=step)
 
 
+GRID_SIDE = 8  # the training-time sample grid: GRID_SIDE x GRID_SIDE images
+
+
+def _log_sample_grid(model: Generator, seed: int, step: int) -> None:
+    """Log a fixed-seed sample grid to the MLflow run (key `samples`, one image per validation step), so a run's
+    progress can be watched in the UI. Sampling does not touch the training RNG (it has its own generator)."""
+    import mlflow
+    from PIL import Image
+
+    from tasks.image_metrics import grid_png
+
+    n = GRID_SIDE * GRID_SIDE
+    labels = (torch.arange(n) // GRID_SIDE) % model.config.n_classes if getattr(model, "conditional", False) else None
+    was_training = model.training
+    images = model.sample(n, generator=torch.Generator().manual_seed(seed), labels=labels).float().cpu()
+    model.train(was_training)
+    import io
+
+    mlflow.log_image(Image.open(io.BytesIO(grid_png(images, nrow=GRID_SIDE, scale=2))), key="samples", step=step)
+
+
 @dataclass
 class Progress:
     """Where training stands; saved in every checkpoint next to the weights, optimizer moments and RNG states."""
@@ -453,6 +474,8 @@ class Trainer:
                 train_loss, recent = float(np.mean(recent)), []
                 progress.history.append({"step": step, "train_loss": round(train_loss, 5), "val_loss": round(val, 5)})
                 _log_mlflow({"val_loss": val}, step, progress.run_id)
+                if self.image and progress.run_id is not None:
+                    _log_sample_grid(model, cfg.seed, step)
                 log.info("train: step %d/%d train_loss %.4f val_loss %.4f", step, cfg.max_steps, train_loss, val)
                 if val < progress.best_val or not getattr(model, "select_best", True):  # GANs: keep the last
                     progress.best_val = val

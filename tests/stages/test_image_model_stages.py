@@ -59,6 +59,8 @@ def test_each_image_generator_trains_evaluates_registers_and_serves_pngs(project
     assert version.tags["generator"] == name and float(version.tags["metric.fid"]) == pytest.approx(metrics["fid"])
     run_artifacts = {a.path for a in client.list_artifacts(version.run_id, "evaluation")}
     assert "evaluation/samples.png" in run_artifacts
+    step_grids = [a.path for a in client.list_artifacts(version.run_id, "images")]
+    assert len([p for p in step_grids if p.endswith(".png")]) == 2  # one grid per validation (steps 2 and 4)
 
     model = mlflow.pyfunc.load_model(f"models:/{params.register.model_name}@champion")
     request = {"n": [3], "seed": [7], "scale": [2]} | ({"class_label": [1]} if name == "cdcgan" else {})
