@@ -160,6 +160,17 @@ def pick_next(logits: Tensor, temperature: float, top_k: int, generator: torch.G
     return torch.multinomial(probs, 1, generator=generator).to(logits.device)
 
 
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """Put `module` in eval mode for the block and restore its previous mode after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 class ImageGenerator(Generator):
     """A generator of images.
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import ImageGenerator, Optimization
+from models.base import ImageGenerator, Optimization, eval_mode
 
 
 @dataclass(frozen=True)
@@ -112,15 +112,6 @@ def _dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Put `module` in eval mode for the block and restore its previous mode after."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 @contextlib.contextmanager
@@ -210,7 +201,7 @@ class DCGAN(ImageGenerator):
         device = next(self.parameters()).device
         z = torch.randn(n, self.config.n_z, generator=generator, device=generator.device).to(device)  # (n, n_z)
         y = self._labels(n, generator, labels)
-        with _eval_mode(self):  # BatchNorm uses its running statistics, so a sample does not depend on the batch
+        with eval_mode(self):  # BatchNorm uses its running statistics, so a sample does not depend on the batch
             return self.G(z, None if y is None else y.to(device)).float()
 
 

@@ -15,14 +15,13 @@ beta = 1 it is the ELBO proper; other values trade reconstruction sharpness (< 1
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from models.base import ImageGenerator, Optimization
+from models.base import ImageGenerator, Optimization, eval_mode
 
 # Standard deviation of the decoder's Gaussian likelihood, in the data's [-1, 1] units (0.15 on a [0, 1] scale). It
 # sets how many nats a squared error costs against the KL: smaller gives sharper reconstructions but a posterior that
@@ -48,15 +47,6 @@ class VAEConfig:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
 
 
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Put `module` in eval mode for the block and restore its previous mode after."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 class VAE(ImageGenerator):
@@ -130,7 +120,7 @@ class VAE(ImageGenerator):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Return the decoded posterior means (B, C, S, S) of images x: deterministic reconstructions."""
-        with _eval_mode(self):
+        with eval_mode(self):
             return self.decode(self.encode(x)[0]).float()
 
     @torch.no_grad()
@@ -140,5 +130,5 @@ class VAE(ImageGenerator):
         the same images on any device. `labels` and `steps` are ignored."""
         device = next(self.parameters()).device
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=generator.device).to(device)
-        with _eval_mode(self):
+        with eval_mode(self):
             return self.decode(z).float()

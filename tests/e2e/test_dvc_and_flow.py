@@ -23,6 +23,11 @@ def test_repro_trains_a_model_that_beats_the_unigram_baseline(built):
     assert "up to date" in built.run("dvc", "status").stdout
 
 
+def test_plots_show_the_loss_curve(built):
+    plots = json.loads(built.run("dvc", "plots", "show", "--json").stdout)
+    assert any("loss" in key for key in plots), plots.keys()
+
+
 def test_second_repro_runs_nothing(built):
     out = built.run("dvc", "repro").stdout
     assert "Running stage" not in out

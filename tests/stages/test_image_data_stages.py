@@ -4,6 +4,7 @@ datasets, and the bad input a user will feed them (no images, corrupt files, mix
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from tasks.clean import clean
 from tasks.errors import DataError
 from tasks.ingest import ingest
 from tasks.preprocess import load_images, preprocess
-from tests.conftest import TINY_IMAGE
+from tests.conftest import REPO_ROOT, TINY_IMAGE
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -156,8 +157,7 @@ def test_the_command_line_reports_an_empty_folder_in_one_line(project):
     project.path("data", "inputs", "images").mkdir(parents=True)
     image_params(project)
     proc = subprocess.run([sys.executable, "-m", "tasks.ingest"], cwd=project.root, capture_output=True, text=True,
-                          env={**__import__("os").environ, "PYTHONPATH": str(__import__("tests.conftest").conftest
-                                                                             .REPO_ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=False)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ingest: source 'data/inputs/images': directory has no image files")
