@@ -97,6 +97,8 @@ def decode(data: bytes):
         img = Image.open(io.BytesIO(data))
         img.load()
         return img
+    except Image.DecompressionBombError as exc:  # a tiny file that decodes to billions of pixels
+        raise DataError(f"refused image: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"undecodable image ({type(exc).__name__}: {exc})") from None
 
