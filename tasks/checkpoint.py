@@ -2,21 +2,25 @@
 
 A checkpoint is a directory holding the model weights, a flat safetensors file of every other tensor (optimizer
 moments, RNG states) and `state.json` with the non-tensor structure, the step and a sha256 of each file. It is
-written beside its final name and renamed into place, so a kill mid-write leaves the previous checkpoint intact;
-a checkpoint whose files do not match their digests is rejected on load.
+written beside its final name and renamed into place; the checkpoint it replaces is kept as `<name>.prev`. So a
+kill mid-write leaves the previous checkpoint intact, and a latest checkpoint found truncated or corrupt on load
+(its files do not match their digests) is rejected with a warning and the previous one is used instead.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from tasks.io import atomic_path, previous_version, sha256_file
+from tasks.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +52,19 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def previous_checkpoint(path: Path) -> Path:
+    """Where the checkpoint before the latest one at `path` is kept."""
+    return path.with_name(f"{path.name}.prev")
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, state: dict[str, Any]) -> None:
-    """Write `model` and `state` (any nesting of tensors, numbers, strings, lists, dicts) to directory `path`."""
-    with atomic_path(path) as tmp:
-        tmp.mkdir()
+    """Write `model` and `state` (any nesting of tensors, numbers, strings, lists, dicts) to directory `path`,
+    keeping the checkpoint it replaces as `<path>.prev`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
         save_model(model, str(tmp / MODEL_FILE))
         tensors: dict[str, torch.Tensor] = {}
         skeleton = flatten(state, "state", tensors)
@@ -59,15 +72,22 @@ def save_checkpoint(path: Path, model: torch.nn.Module, state: dict[str, Any]) -
         digests = {name: sha256_file(tmp / name) for name in (MODEL_FILE, TENSORS_FILE)}
         doc = {"format_version": FORMAT_VERSION, "sha256": digests, "state": skeleton}
         (tmp / STATE_FILE).write_text(json.dumps(doc), encoding="utf-8")
+        # A kill between these steps leaves `path`, or `path.prev`, or both, each complete.
+        previous = previous_checkpoint(path)
+        if path.is_dir():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(path, previous)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any] | None:
-    """Load weights into `model` and return the state, or None (with a warning) if the checkpoint is unusable.
+    """Load weights into `model` and return the state, or None if there is no usable checkpoint.
 
-    A kill in the instant between moving the old checkpoint aside and the new one into place leaves only the old
-    one, under the name `atomic_path` gave it: it is used then."""
+    A missing, truncated or corrupt latest checkpoint falls back, with a warning, to the one before it."""
     state = _load(path, model)
-    previous = previous_version(path)
+    previous = previous_checkpoint(path)
     if state is None and previous.is_dir():
         log.warning("using the previous checkpoint %s", previous)
         state = _load(previous, model)

@@ -9,8 +9,16 @@ import pickle
 import pytest
 import torch
 
-from tasks.io import previous_version
-from tasks.checkpoint import MODEL_FILE, STATE_FILE, TENSORS_FILE, flatten, load_checkpoint, save_checkpoint, unflatten
+from tasks.checkpoint import (
+    MODEL_FILE,
+    STATE_FILE,
+    TENSORS_FILE,
+    flatten,
+    load_checkpoint,
+    previous_checkpoint,
+    save_checkpoint,
+    unflatten,
+)
 
 
 def json_round_trip(obj, prefix="state"):
@@ -139,7 +147,8 @@ def test_saving_again_replaces_the_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "last", model, {"step": 1})
     save_checkpoint(tmp_path / "last", model, {"step": 2})
     assert load_checkpoint(tmp_path / "last", make_model(1))["step"] == 2
-    assert [p.name for p in tmp_path.iterdir()] == ["last"]  # no temporary leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "last.prev"]  # no temporary leftovers
+    assert load_checkpoint(tmp_path / "last.prev", make_model(1))["step"] == 1
 
 
 def test_missing_checkpoint_returns_none_quietly(tmp_path, caplog):
@@ -190,11 +199,31 @@ def test_unreadable_state_file_is_rejected_with_a_warning(tmp_path, caplog, cont
     assert any(r.levelno == logging.WARNING for r in caplog.records)
 
 
+@pytest.mark.parametrize("damage", [truncate, flip_bit])
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog, damage):
+    model = make_model(0)
+    save_checkpoint(tmp_path / "last", model, {"step": 5})
+    save_checkpoint(tmp_path / "last", make_model(2), {"step": 10})
+    damage(tmp_path / "last" / MODEL_FILE)
+    fresh = make_model(1)
+    with caplog.at_level(logging.WARNING, logger="tasks.checkpoint"):
+        assert load_checkpoint(tmp_path / "last", fresh) == {"step": 5}
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+    assert "ignoring checkpoint" in caplog.text and "using the previous checkpoint" in caplog.text
+
+
+def test_leftovers_of_a_write_killed_midway_are_cleaned_up_by_the_next_save(tmp_path):
+    (tmp_path / ".last.abc123.tmp").mkdir()
+    (tmp_path / ".last.abc123.tmp" / MODEL_FILE).write_bytes(b"partial")
+    save_checkpoint(tmp_path / "last", make_model(0), {"step": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["last"]
+
+
 def test_a_kill_between_the_swap_renames_still_resumes_from_the_previous_checkpoint(tmp_path, caplog):
     model = make_model(0)
     save_checkpoint(tmp_path / "last", model, {"step": 7})
     # the instant after `last` was moved aside and before its successor took the name
-    (tmp_path / "last").rename(previous_version(tmp_path / "last"))
+    (tmp_path / "last").rename(previous_checkpoint(tmp_path / "last"))
     fresh = make_model(1)
     with caplog.at_level(logging.WARNING):
         loaded = load_checkpoint(tmp_path / "last", fresh)
