@@ -56,3 +56,16 @@ def test_the_margin_is_absolute_in_metric_units():
     # 0.3 better than the champion: enough for a 0.25 margin, not for 0.5, whatever the scale of the metric
     assert should_promote(99.7, 100.0, False, 0.25)
     assert not should_promote(99.7, 100.0, False, 0.5)
+
+
+def test_a_sqlite_tracking_store_is_switched_to_write_ahead_logging(tmp_path):
+    import sqlite3
+
+    from tasks.tracking import use_wal
+
+    path = tmp_path / "mlflow.db"
+    sqlite3.connect(path).close()
+    use_wal(f"sqlite:///{path}")
+    use_wal(f"sqlite:///{path}")  # idempotent
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    use_wal("http://127.0.0.1:5000")  # other stores are left alone
