@@ -54,13 +54,22 @@ def _retry_if_transient(task, task_run, state) -> bool:
 @task(name="stage", retries=0, retry_condition_fn=_retry_if_transient)
 def run_stage(name: str, params_path: str) -> dict[str, Any]:
     """Run one stage if DVC considers it stale, then record it in dvc.lock; skip it otherwise."""
+    import contextlib
+
+    from dvc.exceptions import LockError
     from dvc.repo import Repo, lock_repo
 
     from tasks.errors import SourceUnavailable
+    from tasks.lock import Busy
 
     params = load_params(params_path)
     repo = Repo(str(params.root))
-    with lock_repo(repo):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(lock_repo(repo))
+        except LockError:
+            raise Busy(f"another run holds the lock on {params.root}: a DVC command (dvc repro, dvc exp run, ...) "
+                       "is running in this workspace; wait for it to finish or stop it") from None
         if not repo.status(targets=[name]):
             log.info("%s: up to date, skipped", name)
             return {"stage": name, "ran": False}
@@ -104,14 +113,17 @@ def pipeline(params_path: str = PARAMS_FILE) -> dict[str, bool]:
     quiet_expected_errors()
     params_path = str(Path(params_path).resolve())
     params = load_params(params_path)  # fail before any stage runs if params.yaml is invalid
+    from tasks.lock import run_lock
+
     ran = {}
-    for name in STAGES:
-        try:
-            ran[name] = stage_task(name, params)(name, params_path)["ran"]
-        except TimeoutError:
-            limit = params.flow.timeout(name)
-            raise StageFailed(name, f"exceeded its time limit of {limit:g} s (flow.timeouts_s.{name}); "
-                                    "a rerun resumes from the last checkpoint where the stage keeps one") from None
+    with run_lock(params.root, "Prefect flow genpipe-pipeline"):  # one run per workspace: a second stops at once
+        for name in STAGES:
+            try:
+                ran[name] = stage_task(name, params)(name, params_path)["ran"]
+            except TimeoutError:
+                limit = params.flow.timeout(name)
+                raise StageFailed(name, f"exceeded its time limit of {limit:g} s (flow.timeouts_s.{name}); "
+                                        "a rerun resumes from the last checkpoint where the stage keeps one") from None
     names = [n for n, r in ran.items() if r]
     log.info("pipeline: ran %s", names or "nothing (all up to date)")
     publish_report(params, names)

@@ -30,9 +30,13 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def main(stage: Callable[[Params], Any]) -> None:
     """Load params.yaml, run one stage, and turn user errors into a one-line message and a non-zero exit."""
+    from tasks.lock import run_lock
+
     setup_logging()
     try:
-        stage(load_params())
+        params = load_params()
+        with run_lock(params.root, f"stage {stage.__name__} (`python -m tasks.{stage.__name__}`)"):
+            stage(params)
     except UserError as exc:
         if os.environ.get(DEBUG_ENV):
             raise
