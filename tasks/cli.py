@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from tasks.params import Params, load_params
 log = logging.getLogger("tasks")
 
 DEBUG_ENV = "GENPIPE_DEBUG"  # set to 1 to see tracebacks for user errors
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # a write failed for lack of space (or a file size limit)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -42,3 +44,10 @@ def main(stage: Callable[[Params], Any]) -> None:
             raise
         sys.stderr.write(f"error: {stage.__name__}: {exc}\n")
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL or os.environ.get(DEBUG_ENV):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"error: {stage.__name__}: no space left to write{where} ({exc.strerror}); free disk space "
+                         "and rerun (outputs are written atomically: nothing partial was kept)\n")
+        sys.exit(1)

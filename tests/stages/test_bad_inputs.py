@@ -1,0 +1,251 @@
+"""Bad input, each through the real command line (`python -m tasks.<stage>`, as DVC runs it): a non-zero exit and
+one line naming the problem, never a traceback.
+
+`CASES` is also read by `bench/bad_inputs.py`, which prints the table of cases for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, TINY, TINY_IMAGE, Project, merge
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    stage: str  # the stage command line run
+    expect: str  # a substring of the one-line error
+    setup: Callable[[Project], None]  # writes params.yaml and inputs; may run earlier stages
+    limit_file_size: int | None = None  # bytes: a "disk" that fills up during the write
+
+
+def write_params(project: Project, overrides: dict, base: dict = TINY) -> None:
+    (project.root / "params.yaml").write_text(yaml.safe_dump(merge(base, overrides), sort_keys=False))
+
+
+def text_params(**overrides):
+    return lambda p: write_params(p, overrides)
+
+
+def image_params(overrides: dict, name: str = "dcgan"):
+    merged = merge(TINY_IMAGE, overrides)
+    merged["model"] = {**merged["model"], "name": name}
+    return merge(TINY, merged)
+
+
+def raw_params(text: str):
+    return lambda p: (p.root / "params.yaml").write_text(text)
+
+
+def inputs(p: Project) -> Path:
+    path = p.root / "data" / "inputs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def with_file(name: str, data: bytes, **overrides):
+    def setup(p: Project) -> None:
+        (inputs(p) / name).write_bytes(data)
+        write_params(p, merge({"ingest": {"sources": [f"data/inputs/{name}"]}}, overrides))
+    return setup
+
+
+def symlink_loop(p: Project) -> None:
+    loop = inputs(p) / "loop"
+    loop.mkdir()
+    (loop / "self").symlink_to(loop, target_is_directory=True)
+    write_params(p, {"ingest": {"sources": ["data/inputs/loop"]}})
+
+
+def image_folder(files: dict[str, bytes], name: str = "dcgan", **overrides):
+    def setup(p: Project) -> None:
+        folder = inputs(p) / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        for rel, data in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(data)
+        write_params(p, {}, image_params(overrides, name))
+    return setup
+
+
+def image_array(arrays: dict[str, np.ndarray], source: str, name: str = "dcgan", **np_kw):
+    def setup(p: Project) -> None:
+        path = inputs(p) / source
+        if source.endswith(".npz"):
+            np.savez(path, **arrays)
+        else:
+            np.save(path, arrays["x"], **np_kw)
+        write_params(p, {}, image_params({"ingest": {"image_sources": [f"data/inputs/{source}"]}}, name))
+    return setup
+
+
+def after(stages: tuple[str, ...], setup: Callable[[Project], None]):
+    """Run `setup`, then the given earlier stages in-process, so the failing stage gets its inputs."""
+    def run(p: Project) -> None:
+        setup(p)
+        import importlib
+
+        from tasks.params import load_params
+
+        params = load_params(p.root / "params.yaml")
+        for name in stages:
+            getattr(importlib.import_module(f"tasks.{name}"), name)(params)
+    return run
+
+
+def corpus(p: Project) -> None:
+    p.write_corpus()
+
+
+def corpus_then(**overrides):
+    return lambda p: (corpus(p), write_params(p, overrides))
+
+
+def labelled_pngs(n: int = 12) -> dict[str, bytes]:
+    import io
+
+    from PIL import Image
+
+    out = {}
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8), 10 * i, dtype=np.uint8)).save(buf, format="PNG")
+        out[f"{'ab'[i % 2]}/{i}.png"] = buf.getvalue()
+    return out
+
+
+class _Slow(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server API)
+        if self.path.endswith("missing.txt"):
+            self.send_error(404)
+            return
+        threading.Event().wait(5)  # longer than ingest.timeout_s
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@functools.cache
+def http_base() -> str:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def url(path: str, **overrides):
+    return lambda p: write_params(p, merge({"ingest": {"sources": [f"{http_base()}/{path}"], "timeout_s": 1}},
+                                           overrides))
+
+
+CASES = [
+    # params.yaml
+    Case("malformed YAML", "ingest", "malformed YAML at line", raw_params("ingest: [unclosed\n")),
+    Case("params.yaml is a list", "ingest", "expected a mapping of sections", raw_params("- ingest\n")),
+    Case("unknown section", "ingest", "trian: unknown key; allowed keys:", text_params(trian={"lr": 1})),
+    Case("unknown nested key", "train", "train.max_step: unknown key", text_params(train={"max_step": 5})),
+    Case("wrong type", "train", "train.max_steps: Input should be a valid integer", text_params(train={"max_steps": "many"})),
+    Case("out-of-range value", "train", "train.lr: Input should be greater than 0", text_params(train={"lr": -1})),
+    Case("unknown generator", "ingest", "model.name: 'gan' is not allowed; allowed values:", text_params(model={"name": "gan"})),
+    Case("metric of the other modality", "register", "register.promote_metric: 'bleu' is not a metric of image generators",
+         lambda p: write_params(p, {}, image_params({"register": {"promote_metric": "bleu"}}, "vae"))),
+    Case("bad cron", "ingest", "flow.cron: expected a 5-field cron expression", text_params(flow={"cron": "every day"})),
+    Case("device that is not there", "train", "train.device: 'cuda' is not available on this machine",
+         after(("ingest", "clean", "preprocess"), corpus_then(train={"device": "cuda"}))),
+    # text sources
+    Case("missing source path", "ingest", "no such file or directory", text_params(ingest={"sources": ["data/inputs/nope.txt"]})),
+    Case("empty directory", "ingest", "directory has no .jsonl/.md/.txt files",
+         lambda p: (inputs(p) / "empty").mkdir() or write_params(p, {"ingest": {"sources": ["data/inputs/empty"]}})),
+    Case("0-byte file", "ingest", "is empty (0 bytes)", with_file("empty.txt", b"")),
+    Case("binary file given as text", "ingest", "is not valid UTF-8", with_file("photo.txt", b"\x89PNG\r\n\x1a\n\x00\xff")),
+    Case("invalid UTF-8", "ingest", "is not valid UTF-8 (byte 1", with_file("latin1.txt", "héllo wörld".encode("latin-1"))),
+    Case("malformed JSON line", "ingest", "corpus.jsonl:2: not valid JSON", with_file("corpus.jsonl", b'{"text": "a"}\n{oops\n')),
+    Case("JSON line without the text field", "ingest", "expected an object with a string field 'text'",
+         with_file("corpus.jsonl", b'{"body": "a"}\n')),
+    Case("archive given as a source", "ingest", "unsupported file type '.zip'", with_file("data.zip", b"PK\x03\x04")),
+    Case("symlink loop", "ingest", "directory has no .jsonl/.md/.txt files", symlink_loop),
+    Case("a 50 MB single line", "clean", "the corpus is empty after cleaning",
+         after(("ingest",), with_file("huge.txt", b"x" * 50_000_000))),
+    Case("unknown embedded corpus", "ingest", "unknown embedded corpus", text_params(ingest={"sources": ["embedded:wiki"]})),
+    Case("URL that 404s", "ingest", "HTTP 404", url("missing.txt")),
+    Case("URL that times out", "ingest", "could not fetch", url("slow.txt")),
+    Case("stage run before its inputs exist", "train", "does not exist: run the stages before this one first", text_params()),
+    # images
+    Case("folder with no images", "ingest", "directory has no image files", image_folder({"notes.txt": b"hello"})),
+    Case("only corrupt images", "clean", "no images left after cleaning: 2 in, 2 undecodable",
+         after(("ingest",), image_folder({"a.png": b"\x89PNG broken", "b.jpg": b"\xff\xd8 not a jpeg"}))),
+    Case("array of the wrong shape", "ingest", "expected an array of shape (N, H, W)",
+         image_array({"x": np.zeros((4, 8), dtype=np.uint8)}, "flat.npy")),
+    Case("pixel values out of range", "ingest", "expected uint8 pixels or floats in [0, 1]",
+         image_array({"x": np.full((4, 8, 8), 3.5)}, "hot.npy")),
+    Case("npz without the image array", "ingest", "no array 'image'",
+         image_array({"pixels": np.zeros((4, 8, 8), dtype=np.uint8)}, "set.npz")),
+    Case("pickled object array", "ingest", "not a readable numpy array file",
+         image_array({"x": np.array([{"a": 1}] * 4, dtype=object)}, "objects.npy", allow_pickle=True)),
+    Case("labelled and unlabelled sources mixed", "ingest", "label all of them or none",
+         lambda p: (image_folder(labelled_pngs())(p), np.save(inputs(p) / "more.npy", np.zeros((3, 8, 8), np.uint8)),
+                    write_params(p, {}, image_params({"ingest": {"image_sources": ["data/inputs/images",
+                                                                                   "data/inputs/more.npy"]}})))),
+    Case("conditional generator on unlabelled images", "train", "cdcgan is class-conditional but the data has 0 classes",
+         after(("ingest", "clean", "preprocess"),
+               image_array({"x": np.random.default_rng(0).integers(0, 255, (40, 8, 8), dtype=np.uint8)}, "x.npy",
+                           name="cdcgan"))),
+    # the disk fills up during a write (RLIMIT_FSIZE: writes past the limit fail with EFBIG)
+    Case("disk full during a write", "ingest", "no space left to write",
+         text_params(ingest={"sources": ["embedded:pydoc"]}), limit_file_size=100_000),
+]
+
+
+def run_stage_cli(root: Path, stage: str, limit_file_size: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for name in ("GENPIPE_DEBUG", "GENPIPE_LOCK_TOKEN"):
+        env.pop(name, None)
+
+    def limit() -> None:
+        if limit_file_size is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write (EFBIG) instead of killing the process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
+
+    return subprocess.run([sys.executable, "-m", f"tasks.{stage}"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit, check=False)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_gets_one_clear_line_and_a_non_zero_exit(project, case):
+    case.setup(project)
+    proc = run_stage_cli(project.root, case.stage, case.limit_file_size)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert errors[0].startswith(f"error: {case.stage}: ") and case.expect in errors[0], errors[0]
+
+
+def test_there_are_at_least_thirty_cases():
+    assert len(CASES) >= 30 and len({c.name for c in CASES}) == len(CASES)
+
+
+def test_a_failed_write_leaves_no_partial_output(project):
+    write_params(project, {"ingest": {"sources": ["embedded:pydoc"]}})
+    proc = run_stage_cli(project.root, "ingest", limit_file_size=100_000)
+    assert proc.returncode != 0
+    raw = project.root / "data" / "raw"
+    assert not raw.exists() or not any(raw.iterdir())  # nothing a later stage or DVC would accept
+    leftovers = [p.name for p in (project.root / "data").iterdir() if p.name.startswith(".")]
+    assert not leftovers, leftovers
