@@ -56,7 +56,7 @@ def run_stage(name: str, params_path: str) -> dict[str, Any]:
     """Run one stage if DVC considers it stale, then record it in dvc.lock; skip it otherwise."""
     import contextlib
 
-    from dvc.exceptions import LockError
+    from dvc.lock import LockError
     from dvc.repo import Repo, lock_repo
 
     from tasks.errors import SourceUnavailable

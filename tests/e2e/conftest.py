@@ -79,6 +79,13 @@ class Project:
     def params(self) -> dict:
         return yaml.safe_load((self.root / "params.yaml").read_text())
 
+    @property
+    def model_name(self) -> str:
+        """The registered model name, as the pipeline resolves it (params.yaml may leave it to the modality)."""
+        from tasks.params import load_params
+
+        return load_params(self.root / "params.yaml").register.model_name
+
     def set_params(self, overrides: dict) -> None:
         (self.root / "params.yaml").write_text(yaml.safe_dump(deep_merge(self.params, overrides), sort_keys=False))
 

@@ -50,8 +50,8 @@ def test_exp_run_trains_registers_and_serves_images(project, name):
     assert (project.root / "artifacts/evaluate/samples.png").is_file()
     assert "up to date" in project.run("dvc", "status").stdout
     assert f"img-{name}" in project.run("dvc", "exp", "show", "--json").stdout
-    plots = json.loads(project.run("dvc", "plots", "show", "--json").stdout)
-    assert "artifacts/evaluate/samples.png" in plots  # the sample grid, shown by `dvc plots`
+    plots = json.loads(project.run("dvc", "plots", "show", "--json", "artifacts/evaluate/samples.png").stdout)
+    assert plots["data"]["artifacts/evaluate/samples.png"] and not plots.get("errors")  # the grid, by `dvc plots`
 
     version = json.loads((project.root / "metrics/register.json").read_text())["version"]
     with project.serve(f"models:/image-generator/{version}") as url:

@@ -18,7 +18,7 @@ def client(built):
 
 
 def model_name(project) -> str:
-    return project.params["register"]["model_name"]
+    return project.model_name
 
 
 def test_champion_loads_by_alias_and_generates_seeded_text(built, client):

@@ -122,7 +122,7 @@ def test_deployments_on_a_real_prefect_server_run_and_tag_lineage(proj, tmp_path
                                       json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
 
     # The run registered a version carrying its lineage, and left DVC's view clean.
-    name = proj.params["register"]["model_name"]
+    name = proj.model_name
     mv = registry(proj).get_model_version_by_alias(name, "champion")
     assert mv.tags["prefect_flow_run_id"] == run["id"]
     assert mv.tags["git_commit"] == proj.run("git", "rev-parse", "HEAD").stdout.strip()
@@ -145,7 +145,7 @@ def test_changed_raw_data_reruns_ingest_onward_and_a_param_only_its_readers(proj
     proj.set_params({"train": {"max_steps": 50}})
     assert proj.flow() == {"train", "evaluate", "register"}
     assert "up to date" in proj.run("dvc", "status").stdout
-    name = proj.params["register"]["model_name"]
+    name = proj.model_name
     versions = registry(proj).search_model_versions(f"name='{name}'")
     assert len({v.tags["data_sha256"] for v in versions}) == 2  # the data change is visible in the lineage
 
@@ -225,7 +225,7 @@ def test_sweep_runs_dvc_experiments_into_one_mlflow_experiment_and_makes_the_bes
     assert {d["params"]["params.yaml"]["data"]["model"]["name"] for d in ours.values()} == {"gpt", "gru"}
 
     client = registry(proj)
-    name = proj.params["register"]["model_name"]
+    name = proj.model_name
     versions = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("dvc_experiment") in ours]
     assert len(versions) == 3
     assert len({client.get_run(v.run_id).info.experiment_id for v in versions}) == 1

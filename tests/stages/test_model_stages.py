@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -138,79 +134,7 @@ def test_changed_training_params_start_afresh_in_a_new_checkpoint(project, stage
         assert (params.train.checkpoint_dir / key / "best" / "state.json").is_file()
 
 
-# The LSTM also carries its hidden state and its position in the contiguous streams across the kill.
-GENERATORS = {
-    "gpt": {},
-    "lstm-char": {"preprocess": {"tokenizer": "char"},
-                  "model": {"name": "lstm", "lstm": {"n_layer": 2, "n_embd": 16, "n_hidden": 32, "block_size": 16,
-                                                     "dropout": 0.1}}},
-}
-
-
-@pytest.mark.parametrize("generator", GENERATORS)
-def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(project, staged, tmp_path_factory,
-                                                                     empty_mlflow_db, generator):
-    # Long enough that the first checkpoint (step 5) comes well before the end, short enough to run in seconds.
-    overrides = {"train": {"max_steps": 160, "eval_interval": 5, "log_interval": 5, "batch_size": 8},
-                 **GENERATORS[generator]}
-    params = staged(**overrides)  # the uninterrupted reference, trained in this process below
-
-    # A separate fresh project with the same params and corpus, trained by `python -m tasks.train` and killed.
-    killed = tmp_path_factory.mktemp("killed")
-    shutil.copytree(project.path("data", "inputs"), killed / "data" / "inputs")
-    shutil.copyfile(project.path("params.yaml"), killed / "params.yaml")
-    killed_params = prepare(killed, project.data, empty_mlflow_db)
-
-    env = dict(os.environ)
-    env.pop("GENPIPE_DEBUG", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.update({"PYTHONPATH": str(REPO_ROOT), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-                "PYTHONUNBUFFERED": "1"})
-
-    def start(log_name: str) -> tuple[subprocess.Popen, Path]:
-        log = killed / log_name
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=killed, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=fh)
-        return proc, log
-
-    proc, first_log = start("first.log")
-    ckpt_root = killed_params.train.checkpoint_dir
-    deadline = time.monotonic() + 120
-    try:
-        while not list(ckpt_root.glob("*/last/state.json")):
-            assert proc.poll() is None, f"train exited ({proc.returncode}) before its first checkpoint:\n" \
-                                        f"{first_log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.005)
-        assert proc.poll() is None, "train finished before it could be killed: raise max_steps"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-
-    (state_file,) = ckpt_root.glob("*/last/state.json")
-    killed_at = checkpoint_step(state_file)
-    assert 0 < killed_at < 160
-    assert not killed_params.train.metrics_path.exists()  # the killed run never finished
-    assert not (killed_params.train.out_dir / WEIGHTS_FILE).exists()
-
-    proc, rerun_log = start("rerun.log")
-    assert proc.wait(timeout=300) == 0, rerun_log.read_text()[-3000:]
-    log = rerun_log.read_text()
-    assert f"resuming from {state_file.parent}" in log and f"at step {killed_at}" in log, log[-3000:]
-
-    train(params)  # uninterrupted, in a different directory
-
-    assert state_file.parent.parent.name == next(params.train.checkpoint_dir.iterdir()).name  # same run key
-    ref_ckpt = params.train.checkpoint_dir / state_file.parent.parent.name
-    assert (killed_params.train.out_dir / WEIGHTS_FILE).read_bytes() == (params.train.out_dir / WEIGHTS_FILE).read_bytes()
-    for name in ("model.safetensors", "tensors.safetensors"):  # final weights, optimizer moments and RNG states
-        assert (state_file.parent / name).read_bytes() == (ref_ckpt / "last" / name).read_bytes(), name
-    assert read_json(killed_params.train.plots_path) == read_json(params.train.plots_path)
-    assert len(read_json(params.train.plots_path)) == 160 // 5
+# Kill -9 and resume, bit-exact, for every generator family: tests/stages/test_resume_every_family.py.
 
 
 # ---------------------------------------------------------------------------------------------------- evaluate
