@@ -90,3 +90,11 @@ def test_a_flow_started_during_dvc_repro_stops_at_once_and_repro_completes(proje
     assert time.monotonic() - started < 60  # stops at once (the temporary Prefect server takes a few seconds)
     assert proc.wait(timeout=900) == 0  # the first run is not disturbed
     assert "up to date" in project.run("dvc", "status").stdout
+    import mlflow
+
+    mlflow.set_tracking_uri(project.tracking_uri())
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions("name='text-generator'")
+    for v in versions:  # the registry is intact: every version and the champion load
+        assert mlflow.pyfunc.load_model(f"models:/text-generator/{v.version}") is not None
+    assert client.get_model_version_by_alias("text-generator", "champion").version in {v.version for v in versions}

@@ -107,5 +107,5 @@ def test_bad_params_stop_the_flow_with_exit_code_2(built):
     built.set_params({"ingest": {"sources": ["embedded:pydoc"]}, "model": {"name": "transformer-xl"}})
     proc = built.run(sys.executable, "-m", "flows.pipeline", check=False)
     assert proc.returncode == 2
-    assert "error: pipeline: params.yaml: model.name: 'transformer-xl' is not allowed; allowed values: 'gpt', 'lstm' or 'gru'" \
-        in proc.stderr
+    assert "error: pipeline: params.yaml: model.name: 'transformer-xl' is not allowed; allowed values: 'gpt', 'lstm', " \
+        "'gru', 'dcgan', 'cdcgan', 'vae' or 'ddpm'" in proc.stderr

@@ -77,11 +77,21 @@ def test_served_champion_answers_a_prompt_over_http(server):
     ({"prompt": "x", "max_new_tokens": 100000}, "max_new_tokens"),
     ({"prompt": "x", "temperature": -1.0}, "temperature"),
     ({"max_new_tokens": 5}, "prompt"),
+    ({"prompt": 5}, "prompt"),  # wrong type
+    ({"prompt": "x", "top_k": "many"}, "top_k"),
 ])
 def test_bad_requests_get_http_400_naming_the_field_and_the_server_stays_up(server, record, needle):
     resp = requests.post(f"{server}/invocations", json={"dataframe_records": [record]}, timeout=60)
     assert resp.status_code == 400, resp.text
     assert needle in resp.json()["message"]
+    assert requests.get(f"{server}/ping", timeout=5).status_code == 200
+
+
+def test_a_body_that_is_not_json_gets_http_400_and_the_server_stays_up(server):
+    resp = requests.post(f"{server}/invocations", data=b"{not json", headers={"Content-Type": "application/json"},
+                         timeout=60)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["message"]
     assert requests.get(f"{server}/ping", timeout=5).status_code == 200
 
 
