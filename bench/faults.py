@@ -1,8 +1,8 @@
 """Fault injection: kill `dvc repro` with SIGKILL at random points inside random stages, rerun, and check that
 nothing was lost.
 
-In a fresh clone with small params, a baseline `dvc repro` registers a champion. Then, for each trial: start
-`dvc repro --force` (every stage runs), wait until the chosen stage holds the workspace lock
+In a fresh clone with small params, a baseline `dvc repro` registers a champion. Then, for each trial: set a new
+`train.seed` (so training and what follows are new work), start `dvc repro --force` (every stage runs), wait until the chosen stage holds the workspace lock
 (`.genpipe/run.lock` names its holder), let it run a random time, SIGKILL dvc and every child, and rerun
 `dvc repro`. A trial recovers when the rerun exits 0 and `dvc status` is clean. Data lost counts registered model
 versions that no longer load, a champion alias that does not load, and outputs whose content no longer matches
@@ -43,7 +43,7 @@ PARAMS = {
     "evaluate": {"n_prompts": 4, "prompt_tokens": 16, "continuation_tokens": 8, "n_samples": 2, "sample_tokens": 16},
 }
 # Where to kill, and how long after the stage starts at most (seconds); weighted towards the long stages.
-STAGES = {"ingest": 1.5, "clean": 0.5, "preprocess": 1.5, "train": 25.0, "evaluate": 4.0, "register": 4.0}
+STAGES = {"ingest": 1.5, "clean": 0.5, "preprocess": 1.5, "train": 6.0, "evaluate": 3.0, "register": 3.0}
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -111,6 +111,10 @@ def main() -> None:
         stage = rng.choices(list(STAGES), weights=[1, 1, 1, 3, 1, 1])[0]
         delay = round(rng.uniform(0, STAGES[stage]), 3)
         before, _, _ = registry_check(root, name)
+        # A new seed each trial: train, evaluate and register meet inputs never seen before (no run-cache to
+        # fall back on), so recovering means resuming from the checkpoint and finishing the work.
+        params["train"]["seed"] = 1000 + trial
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         proc = subprocess.Popen(["dvc", "repro", "--force"], cwd=root, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         seen, inside = False, False

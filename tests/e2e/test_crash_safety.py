@@ -98,3 +98,20 @@ def test_a_flow_started_during_dvc_repro_stops_at_once_and_repro_completes(proje
     for v in versions:  # the registry is intact: every version and the champion load
         assert mlflow.pyfunc.load_model(f"models:/text-generator/{v.version}") is not None
     assert client.get_model_version_by_alias("text-generator", "champion").version in {v.version for v in versions}
+
+
+def test_sigkill_inside_the_image_classifier_stage_then_rerun_completes(tmp_path_factory):
+    """On image data the classifier stage trains a network for seconds: killed inside it, the rerun completes."""
+    proj = make_project(tmp_path_factory.mktemp("crash-images"))
+    train = {"max_steps": 4, "batch_size": 16, "eval_interval": 2, "eval_batches": 1, "warmup_steps": 0}
+    proj.set_params({"model": {"name": "vae", "vae": {"latent_dim": 4, "base_channels": 8, "train": train}},
+                     "classifier": {"steps": 400, "width": 8, "feature_dim": 16},
+                     "evaluate": {"n_images": 50, "kid_subset_size": 20}})
+    proj.run("git", "commit", "-qam", "tiny image settings")
+    proc = start_repro(proj)
+    assert kill_during(proj, "classifier", proc, delay=1.0), "the run ended before the classifier started"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (proj.root / "artifacts/classifier/classifier.safetensors").exists()  # nothing half-written kept
+    proj.run("dvc", "repro", timeout=900)
+    assert "up to date" in proj.run("dvc", "status").stdout
+    assert json.loads((proj.root / "metrics/classifier.json").read_text())["task"] == "labels"
