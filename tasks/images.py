@@ -204,19 +204,9 @@ def read_image_folder(path: Path, pattern: str) -> list[RawImage]:
 
 def read_hf_images(spec: str, image_field: str, label_field: str) -> tuple[list[RawImage], bytes]:
     """A Hugging Face image dataset: a hub id (online) or a directory written by `Dataset.save_to_disk`."""
-    import datasets
+    from tasks.ingest import load_hf_dataset
 
-    name, _, split = spec.partition(":")
-    try:
-        ds = datasets.load_from_disk(name) if Path(name).is_dir() else datasets.load_dataset(name, split=split or "train")
-    except Exception as exc:  # the datasets library raises many types; all mean "could not load"
-        raise DataError(f"source 'hf:{spec}': could not load dataset ({type(exc).__name__}: {exc})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if (split or "train") not in ds:
-            raise DataError(f"source 'hf:{spec}': no split {split or 'train'!r}; available: {', '.join(ds)}")
-        ds = ds[split or "train"]
-    if image_field not in ds.column_names:
-        raise DataError(f"source 'hf:{spec}': no column {image_field!r}; columns: {', '.join(ds.column_names)}")
+    ds = load_hf_dataset(spec, image_field)
     names = None
     if label_field in ds.column_names:
         feature = ds.features[label_field]

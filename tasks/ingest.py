@@ -146,8 +146,9 @@ def fetch_url(url: str, timeout_s: float) -> bytes:
         raise SourceUnavailable(f"source {url!r}: could not fetch ({reason})") from None
 
 
-def read_hf(spec: str, field: str) -> tuple[list[str], bytes]:
-    """Load a Hugging Face dataset (a hub id, or a directory written by `Dataset.save_to_disk`)."""
+def load_hf_dataset(spec: str, field: str):
+    """Load one split of a Hugging Face dataset (a hub id, or a directory written by `Dataset.save_to_disk`) and
+    check it has column `field`; raise DataError naming the source otherwise."""
     import datasets
 
     name, _, split = spec.partition(":")
@@ -164,6 +165,12 @@ def read_hf(spec: str, field: str) -> tuple[list[str], bytes]:
         ds = ds[split or "train"]
     if field not in ds.column_names:
         raise DataError(f"source 'hf:{spec}': no column {field!r}; columns: {', '.join(ds.column_names)}")
+    return ds
+
+
+def read_hf(spec: str, field: str) -> tuple[list[str], bytes]:
+    """Load a Hugging Face text dataset (a hub id, or a directory written by `Dataset.save_to_disk`)."""
+    ds = load_hf_dataset(spec, field)
     texts = [t for t in ds[field] if isinstance(t, str)]
     return texts, "\n".join(texts).encode("utf-8")
 
