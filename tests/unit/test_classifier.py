@@ -8,8 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
 from models.classifier import (
     CONFIG_FILE,
@@ -26,15 +24,7 @@ from models.classifier import (
     rotation_task,
     to_unit,
 )
-
-
-def digits(size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 handwritten digits as uint8 (N, 1, size, size) and int64 labels."""
-    data = load_digits()
-    x = torch.from_numpy(data.images).float()[:, None] / 16  # (N, 1, 8, 8) in [0, 1]
-    if size != 8:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), data.target.astype(np.int64)
+from tests.image_data import digits
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,6 +17,7 @@ from tasks.train import Optimizers
 CPU = torch.device("cpu")
 N_Z = 8
 FAMILIES = [DCGAN, CDCGAN]
+from tests.image_data import contrast, halves
 
 
 @pytest.fixture(autouse=True)
@@ -40,20 +41,6 @@ def optimizers(model: DCGAN) -> Optimizers:
     return Optimizers(model, params, CPU)
 
 
-def halves(n: int, seed: int = 0, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return n images in [-1, 1] bright on the left half (label 0) or the right half (label 1), a little noisy."""
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.randint(2, (n,), generator=gen)
-    left = (torch.arange(size) < size // 2).float()  # (size,)
-    bright = torch.where(y[:, None] == 0, left, 1 - left)  # (n, size) columns
-    x = -1 + 2 * bright[:, None, None, :].expand(n, 1, size, size)  # (n, 1, size, size)
-    return (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(-1, 1), y
-
-
-def contrast(images: torch.Tensor) -> torch.Tensor:
-    """Mean brightness of the left half minus that of the right half, per image (n,)."""
-    half = images.size(-1) // 2
-    return images[..., :half].mean(dim=(1, 2, 3)) - images[..., half:].mean(dim=(1, 2, 3))
 
 
 def train(model: DCGAN, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int = 0) -> dict[str, float]:

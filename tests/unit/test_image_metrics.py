@@ -9,9 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from sklearn.datasets import load_digits
 
 from models.classifier import ClassifierConfig, fit_classifier
 from tasks.image_metrics import (
@@ -27,16 +25,7 @@ from tasks.image_metrics import (
     to_uint8,
     to_unit,
 )
-
-
-def digits(size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 handwritten digits as uint8 (N, 1, size, size) and int64 labels."""
-    data = load_digits()
-    x = torch.from_numpy(data.images).float()[:, None] / 16  # (N, 1, 8, 8) in [0, 1]
-    if size != 8:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), data.target.astype(np.int64)
-
+from tests.image_data import digits
 
 # ---------------------------------------------------------------------------------------------- pixel convention
 
