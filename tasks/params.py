@@ -88,9 +88,25 @@ class IngestParams(Section):
     # DVC watches this directory, so edits to local raw data rerun ingest; sources elsewhere are read but not watched.
     inputs_dir: ProjectPath = Path("data/inputs")
     text_field: str = "text"  # field holding the text in .jsonl files and Hugging Face datasets
+    # The terms each source is used under, keyed by the source exactly as listed above (an SPDX id such as
+    # CC-BY-4.0, or free text). Recorded in the provenance manifest and the data card; embedded sources carry their
+    # own; a source with none is recorded as "undeclared" and flagged in the data card.
+    licenses: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(30.0, gt=0)  # per network request
     out_dir: ProjectPath = Path("data/raw")
     metrics_path: ProjectPath = Path("metrics/ingest.json")
+    # per source file/URL/dataset: URI, licence, retrieval time, size, digest (the data card is built from it)
+    provenance_path: ProjectPath = Path("data/provenance.json")
+
+    @field_validator("licenses")
+    @classmethod
+    def _licensed_sources(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        listed = set(info.data.get("sources", [])) | set(info.data.get("image_sources", []))
+        unknown = sorted(set(value) - listed)
+        if unknown:
+            raise ValueError(f"{', '.join(map(repr, unknown))} is not a listed source; keys must be sources or "
+                             "image_sources exactly as written")
+        return value
 
 
 class CleanParams(Section):
@@ -99,6 +115,9 @@ class CleanParams(Section):
     # images: colour mode every image is converted to; auto: RGB if any image has colour, else L (grayscale)
     image_mode: Literal["auto", "L", "RGB"] = "auto"
     min_image_size: int = Field(4, ge=1)  # images: smaller sides than this are dropped
+    # text: personal data (e-mail, phone, IPv4/IPv6, Luhn-valid card numbers, URLs with credentials).
+    # redact: replace each with a typed placeholder; drop: drop documents holding any; keep: count only.
+    pii: Literal["redact", "drop", "keep"] = "redact"
     out_dir: ProjectPath = Path("data/clean")
     metrics_path: ProjectPath = Path("metrics/clean.json")
 
@@ -268,6 +287,9 @@ class TrainParams(Section):
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    # processes of data-parallel training (DDP under torchrun: gloo on CPU, NCCL on CUDA); the global batch is
+    # nproc x batch_size x grad_accum sequences per update
+    nproc: int = Field(1, ge=1)
     out_dir: ProjectPath = Path("artifacts/train")
     checkpoint_dir: StatePath = Path("checkpoints")  # outside DVC's outputs so a killed run can resume
     metrics_path: ProjectPath = Path("metrics/train.json")
@@ -297,6 +319,12 @@ class EvaluateParams(Section):
     grid_rows: int = Field(8, ge=1)  # sample grid: grid_rows x grid_rows images (conditional: a row per class)
     grid_scale: int = Field(4, ge=1)  # nearest-neighbour upscaling of the grid PNG
     sample_steps: int | None = Field(None, ge=1)  # ddpm: sampler steps for evaluation (null: the model's default)
+    # text: a sample that repeats a verbatim span of at least this many characters of the training text counts as
+    # memorized (the `memorization` metric is the share of such samples)
+    memorization_chars: int = Field(64, ge=8)
+    # images: a sample closer (in feature space) to its nearest training image than this quantile of the
+    # train-to-train nearest-neighbour distances is a likely copy (`memorization` is the share of such samples)
+    copy_quantile: float = Field(0.05, gt=0, lt=1)
     seed: int = 0
     out_dir: ProjectPath = Path("artifacts/evaluate")
     metrics_path: ProjectPath = Path("metrics/evaluate.json")
@@ -340,6 +368,11 @@ class RegisterParams(Section):
     # gate: every new version becomes @challenger and takes @champion when it wins; never: register and tag only
     # (a sweep registers each experiment this way, then gates its best once).
     promote: Literal["gate", "never"] = "gate"
+    # Guards a version must pass to become champion, whatever its promote_metric (evaluate's metrics):
+    # memorization (share of samples copying training data) at most this, and diversity (text: distinct-2 of the
+    # samples; images: spread of the samples' features relative to the real images') at least this.
+    max_memorization: float = Field(0.5, ge=0, le=1)
+    min_diversity: float = Field(0.3, ge=0)
     metrics_path: ProjectPath = Path("metrics/register.json")
 
     @model_validator(mode="after")
