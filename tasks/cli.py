@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -37,7 +38,10 @@ def main(stage: Callable[[Params], Any]) -> None:
     setup_logging()
     try:
         params = load_params()
-        with run_lock(params.root, f"stage {stage.__name__} (`python -m tasks.{stage.__name__}`)"):
+        # Data-parallel workers under torchrun: local rank 0 takes (or, started by the train stage, passes through)
+        # the lock for its machine; the others train beside it.
+        lock = run_lock(params.root, f"stage {stage.__name__} (`python -m tasks.{stage.__name__}`)")
+        with lock if os.environ.get("LOCAL_RANK", "0") == "0" else contextlib.nullcontext():
             stage(params)
     except UserError as exc:
         if os.environ.get(DEBUG_ENV):

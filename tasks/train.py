@@ -7,6 +7,10 @@ write a resumable checkpoint (weights, optimizer moments, every RNG state, step 
 
 Checkpoints live under `train.checkpoint_dir/<key>/`, where the key digests the model, train params and data: a
 rerun with the same inputs resumes where a killed run stopped; any change starts afresh.
+
+With `train.nproc` > 1 the stage runs data-parallel (tasks/ddp.py): every rank draws the same global batch of
+nproc x batch_size rows and keeps its own slice; gradients are averaged over the ranks in `Optimizers.step`; rank 0
+alone validates and writes checkpoints, outputs and MLflow logs.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from models.base import GENERATORS, Generator, TextGenerator, generator_class, load_generator
+from tasks import ddp
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.io import atomic_path, read_json, sha256_file, write_json
 from tasks.params import Params, TrainParams
@@ -74,19 +80,22 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 class TokenWindows:
     """Random (x, y) windows of `block_size` tokens from a token stream, drawn with an explicit generator.
 
-    The generator's state is the data position: saving and restoring it resumes the exact batch sequence."""
+    The generator's state is the data position: saving and restoring it resumes the exact batch sequence.
+    Data-parallel: every rank draws the same `world_size` x `batch_size` windows and keeps rows of its `rank`."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, generator: torch.Generator,
-                 device: torch.device) -> None:
+                 device: torch.device, rank: int = 0, world_size: int = 1) -> None:
         if len(tokens) <= block_size + 1:
             from tasks.errors import DataError
 
             raise DataError(f"{len(tokens)} tokens are too few for block_size={block_size}; add data or shorten it")
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
-        self.generator, self.device = generator, device
+        self.generator, self.device, self.rank, self.world_size = generator, device, rank, world_size
 
     def __call__(self) -> tuple[Tensor, Tensor]:
-        starts = torch.randint(len(self.tokens) - self.block_size - 1, (self.batch_size,), generator=self.generator)
+        starts = torch.randint(len(self.tokens) - self.block_size - 1, (self.world_size * self.batch_size,),
+                               generator=self.generator)
+        starts = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         rows = np.stack([self.tokens[s : s + self.block_size + 1] for s in starts.tolist()]).astype(np.int64)
         xy = torch.from_numpy(rows).to(self.device, non_blocking=True)
         return xy[:, :-1], xy[:, 1:]  # (B, T) inputs and (B, T) next-token targets
@@ -103,17 +112,20 @@ class StreamWindows:
     """Consecutive (x, y, fresh) windows for truncated BPTT: the stream is cut into `batch_size` equal streams
     and row b of each batch continues row b of the previous one; `fresh` marks a restart from the beginning.
 
-    The window index is the data position: saving and restoring it resumes the exact batch sequence."""
+    The window index is the data position: saving and restoring it resumes the exact batch sequence.
+    Data-parallel: the stream is cut into `world_size` x `batch_size` streams and rank `rank` reads its own rows."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, device: torch.device) -> None:
-        per_stream = (len(tokens) - 1) // batch_size
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, device: torch.device, rank: int = 0,
+                 world_size: int = 1) -> None:
+        n_streams = world_size * batch_size
+        per_stream = (len(tokens) - 1) // n_streams
         if per_stream < block_size + 1:
             from tasks.errors import DataError
 
-            raise DataError(f"{len(tokens)} tokens are too few for {batch_size} streams of block_size={block_size}; "
-                            "add data or lower train.batch_size or the block size")
+            raise DataError(f"{len(tokens)} tokens are too few for {n_streams} streams of block_size={block_size}; "
+                            "add data or lower train.batch_size (or train.nproc) or the block size")
         self.tokens, self.block_size, self.device = tokens, block_size, device
-        self.starts = [b * per_stream for b in range(batch_size)]
+        self.starts = [b * per_stream for b in range(rank * batch_size, (rank + 1) * batch_size)]
         self.n_windows = (per_stream - 1) // block_size  # windows in one pass over each stream
         self.position = 0
 
@@ -135,19 +147,21 @@ class StreamWindows:
 class ImageBatches:
     """Random (x, y) batches of images, x scaled to [-1, 1], drawn with replacement with an explicit generator.
 
-    The generator's state is the data position: saving and restoring it resumes the exact batch sequence."""
+    The generator's state is the data position: saving and restoring it resumes the exact batch sequence.
+    Data-parallel: every rank draws the same `world_size` x `batch_size` indices and keeps its `rank`'s slice."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, generator: torch.Generator,
-                 device: torch.device) -> None:
+                 device: torch.device, rank: int = 0, world_size: int = 1) -> None:
         if len(images) == 0:
             from tasks.errors import DataError
 
             raise DataError("the training split has no images")
         self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.generator, self.device = generator, device
+        self.generator, self.device, self.rank, self.world_size = generator, device, rank, world_size
 
     def __call__(self) -> tuple[Tensor, Tensor]:
-        idx = torch.randint(len(self.images), (self.batch_size,), generator=self.generator).sort().values.numpy()
+        idx = torch.randint(len(self.images), (self.world_size * self.batch_size,), generator=self.generator)
+        idx = idx.sort().values.numpy()[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         return image_batch(self.images, self.labels, idx, self.device)
 
     def state_dict(self) -> dict[str, Any]:
@@ -172,6 +186,7 @@ class Optimizers:
         self.dtype = autocast_dtype(cfg.precision, device)
         self.groups = model.optimizer_groups()
         self.optimizers = {name: self._adamw(params) for name, params in self.groups.items()}
+        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     def _adamw(self, params: list[torch.nn.Parameter]) -> torch.optim.AdamW:
         # Decay matrices (weights, embeddings) only; biases and norm gains are not regularised.
@@ -195,6 +210,8 @@ class Optimizers:
         loss.backward()
 
     def step(self, group: str) -> None:
+        if self.world_size > 1:  # data-parallel: each rank's gradient -> their mean, as DDP would (tasks/ddp.py)
+            ddp.average_gradients(self.groups[group], self.world_size)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.groups[group], self.cfg.grad_clip)
         self.optimizers[group].step()
@@ -276,25 +293,32 @@ def _from_checkpoint(params: Params, vocab_size: int, eot_id: int, pretrained: P
 
 
 @torch.no_grad()
-def validation_loss(model: Generator, data: Any, cfg: TrainParams, opt: Optimizers, device: torch.device) -> float:
+def validation_loss(model: Generator, data: Any, cfg: TrainParams, opt: Optimizers, device: torch.device,
+                    world_size: int = 1) -> float:
     """Return the mean loss over `eval_batches` batches of the validation split, the same batches every time.
 
     Text: windows of the validation stream. Images: the split in order, with any randomness of the loss (noise,
-    timesteps) drawn from a fixed seed on a forked RNG, so validating never shifts the training RNG."""
+    timesteps) drawn from a fixed seed on a forked RNG, so validating never shifts the training RNG.
+    Data-parallel (rank 0 alone validates): the batches are those of one process with the global batch size
+    `world_size` x batch_size, so the curve does not depend on how the batch is split; text batches are scored in
+    slices of batch_size rows (the mean of equal slices' means is the batch mean)."""
     model.eval()
     losses = []
     if isinstance(model, TextGenerator):
-        windows = TokenWindows(data, model.block_size, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1),
-                               device)
+        windows = TokenWindows(data, model.block_size, world_size * cfg.batch_size,
+                               torch.Generator().manual_seed(cfg.seed + 1), device)
         for _ in range(cfg.eval_batches):
-            with opt.autocast():
-                losses.append(model.loss(windows()).item())
+            x, y = windows()
+            for rows in range(0, len(x), cfg.batch_size):
+                with opt.autocast():
+                    losses.append(model.loss((x[rows : rows + cfg.batch_size], y[rows : rows + cfg.batch_size])).item())
     else:
         images, labels = data
+        batch_size = world_size * cfg.batch_size
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(cfg.seed + 1)
-            for start in range(0, min(len(images), cfg.eval_batches * cfg.batch_size), cfg.batch_size):
-                idx = np.arange(start, min(start + cfg.batch_size, len(images)))
+            for start in range(0, min(len(images), cfg.eval_batches * batch_size), batch_size):
+                idx = np.arange(start, min(start + batch_size, len(images)))
                 with opt.autocast():
                     losses.append(model.validation_loss(image_batch(images, labels, idx, device)).item())
     model.train()
@@ -302,7 +326,8 @@ def validation_loss(model: Generator, data: Any, cfg: TrainParams, opt: Optimize
 
 
 def code_digest(name: str) -> str:
-    """Digest the code that shapes training: the trainer, the generator protocol and the generator's own module.
+    """Digest the code that shapes training: the trainer (with its data-parallel part), the generator protocol and
+    the generator's own module.
 
     A checkpoint written by other code must not be resumed: DVC reruns training when that code changes, and the
     rerun has to train, not return the old run's last checkpoint."""
@@ -310,7 +335,7 @@ def code_digest(name: str) -> str:
     import sys
 
     module = GENERATORS[name].partition(":")[0]
-    files = [Path(__file__), Path(sys.modules[Generator.__module__].__file__),
+    files = [Path(__file__), Path(ddp.__file__), Path(sys.modules[Generator.__module__].__file__),
              Path(importlib.util.find_spec(module).origin)]
     return hashlib.sha256(b"".join(sha256_file(f).encode() for f in files)).hexdigest()
 
@@ -389,16 +414,22 @@ class Progress:
 
 
 class Trainer:
-    """Owns one training run of one generator: the model, its optimizers, the data and the checkpoints."""
+    """Owns one training run of one generator: the model, its optimizers, the data and the checkpoints.
 
-    def __init__(self, params: Params) -> None:
+    `world` is this process's place among data-parallel workers (None: training alone)."""
+
+    def __init__(self, params: Params, world: ddp.World | None = None) -> None:
         cfg, data_dir = params.train, params.preprocess.out_dir
-        self.params, self.cfg = params, cfg
+        self.params, self.cfg, self.world = params, cfg, world
+        self.main = world is None or world.main  # the process that validates and writes
+        rank, world_size = (world.rank, world.size) if world else (0, 1)
         self.meta = read_json(data_dir / META_FILE)
         self.image = self.meta.get("modality", "text") == "image"
         inputs = (META_FILE, "train.npy", "val.npy") + (("train_labels.npy", "val_labels.npy") if self.image else ())
         digest = hashlib.sha256(b"".join(sha256_file(data_dir / f).encode() for f in inputs)).hexdigest()
         self.device = pick_device(cfg.device)
+        if world is not None:
+            self.device = ddp.join(world, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -410,16 +441,19 @@ class Trainer:
             from tasks.preprocess import load_images
 
             self.windows = ImageBatches(*load_images(data_dir, "train"), cfg.batch_size,
-                                        torch.Generator().manual_seed(cfg.seed), self.device)
+                                        torch.Generator().manual_seed(cfg.seed), self.device, rank, world_size)
             self.val_data = load_images(data_dir, "val")
         else:
             train_tokens = load_tokens(data_dir, "train")
             if self.model.stateful:
-                self.windows = StreamWindows(train_tokens, self.model.block_size, cfg.batch_size, self.device)
+                self.windows = StreamWindows(train_tokens, self.model.block_size, cfg.batch_size, self.device, rank,
+                                             world_size)
             else:
                 self.windows = TokenWindows(train_tokens, self.model.block_size, cfg.batch_size,
-                                            torch.Generator().manual_seed(cfg.seed), self.device)
+                                            torch.Generator().manual_seed(cfg.seed), self.device, rank, world_size)
             self.val_data = load_tokens(data_dir, "val")
+        if rank > 0:  # same initial weights everywhere (drawn above); from here each rank its own dropout and noise
+            torch.manual_seed(cfg.seed + rank)
         self.ckpt_dir = cfg.checkpoint_dir / run_key(params, digest)
 
     # ------------------------------------------------------------------------------------------ checkpoints
@@ -428,24 +462,59 @@ class Trainer:
         """Restore the last checkpoint of this exact configuration, if any; else start at step 0."""
         state = load_checkpoint(self.ckpt_dir / "last", self.model)
         if state is None:
-            return Progress()
-        self.opt.load_state_dict(state["optimizers"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.windows.load_state_dict(state["data"])  # the data position
-        self.model.load_train_state(state["model_state"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        log.info("train: resuming from %s at step %d", self.ckpt_dir / "last", state["step"])
-        return Progress(state["step"], state["best_val"], state["history"], state["run_id"])
+            progress = Progress()
+        else:
+            own = state  # what differs between ranks: RNG states and the carried model state
+            if self.world is not None:
+                ranks = state.get("ranks") or []
+                if len(ranks) != self.world.size:
+                    from tasks.errors import DataError
 
-    def checkpoint(self, progress: Progress) -> None:
+                    raise DataError(f"the checkpoint {self.ckpt_dir / 'last'} was written by {len(ranks) or 1} "
+                                    f"data-parallel workers, not {self.world.size}; delete it to start afresh")
+                own = ranks[self.world.rank]
+            self.opt.load_state_dict(state["optimizers"])
+            torch.set_rng_state(own["rng"]["torch"])
+            self.windows.load_state_dict(state["data"])  # the data position
+            self.model.load_train_state(own["model_state"])
+            if "cuda" in own["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(own["rng"]["cuda"])
+            log.info("train: resuming from %s at step %d", self.ckpt_dir / "last", state["step"])
+            progress = Progress(state["step"], state["best_val"], state["history"], state["run_id"])
+        if self.world is not None:  # start from rank 0's weights and buffers, as DDP's constructor does
+            ddp.broadcast(t for t in self.model.state_dict().values() if isinstance(t, Tensor))
+        return progress
+
+    def _rank_state(self) -> dict[str, Any]:
+        """This process's RNG states and carried model state: what a checkpoint needs from each rank."""
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        save_checkpoint(self.ckpt_dir / "last", self.model, {
-            "step": progress.step, "best_val": progress.best_val, "history": progress.history,
-            "run_id": progress.run_id, "optimizers": self.opt.state_dict(), "rng": rng,
-            "data": self.windows.state_dict(), "model_state": self.model.train_state()})
+        return {"rng": rng, "model_state": self.model.train_state()}
+
+    def checkpoint(self, progress: Progress, ranks: list[dict] | None = None) -> None:
+        """Write the resumable state; data-parallel, `ranks` holds every rank's `_rank_state` (rank 0's is also
+        stored where a single process stores its own)."""
+        own = self._rank_state()
+        state = {"step": progress.step, "best_val": progress.best_val, "history": progress.history,
+                 "run_id": progress.run_id, "optimizers": self.opt.state_dict(), "rng": own["rng"],
+                 "data": self.windows.state_dict(), "model_state": own["model_state"]}
+        if ranks is not None:
+            state["ranks"] = ranks
+        save_checkpoint(self.ckpt_dir / "last", self.model, state)
+
+    def _sync_ranks(self) -> list[dict] | None:
+        """Data-parallel, before validating: check the ranks' weights agree, give every rank rank 0's buffers
+        (BatchNorm running statistics, which each rank updates from its own slice, as DDP's broadcast_buffers
+        would), and return every rank's resume state on rank 0. DDPM's EMA weights need nothing: each rank
+        averages the same weights."""
+        if self.world is None:
+            return None
+        ddp.assert_in_sync(self.model)
+        ddp.broadcast(self.model.buffers())
+        state = self._rank_state()
+        state["model_state"] = {k: v.cpu() for k, v in state["model_state"].items()}
+        return ddp.gather(state)
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -454,14 +523,16 @@ class Trainer:
         from tqdm import tqdm
 
         cfg, model = self.cfg, self.model
+        world_size = self.world.size if self.world else 1
         recent: list[float] = []  # train losses since the last validation
         model.train()
-        bar = tqdm(total=cfg.max_steps, initial=progress.step, desc="train", unit="step", disable=None)
+        bar = tqdm(total=cfg.max_steps, initial=progress.step, desc="train", unit="step",
+                   disable=None if self.main else True)
         while progress.step < cfg.max_steps:
             # (1) learning rate, (2) micro-batches, (3) forward/backward/step inside the model's train_step
             self.opt.set_lr(lr_at(progress.step, cfg))
             metrics = model.train_step([self.windows() for _ in range(cfg.grad_accum)], self.opt)
-            recent.append(metrics["loss"])
+            recent.append(ddp.mean(metrics["loss"]) if self.world else metrics["loss"])  # the global batch's
             progress.step += 1
             bar.update(1)
             step = progress.step
@@ -469,18 +540,23 @@ class Trainer:
                 train_loss = float(np.mean(recent[-cfg.log_interval :]))
                 bar.set_postfix(loss=f"{train_loss:.3f}")
                 _log_mlflow({"train_loss": train_loss, "lr": lr_at(step - 1, cfg)}, step, progress.run_id)
-            if step % cfg.eval_interval == 0 or step == cfg.max_steps:  # (5) validate, keep best, checkpoint
-                val = validation_loss(model, self.val_data, cfg, self.opt, self.device)
-                train_loss, recent = float(np.mean(recent)), []
-                progress.history.append({"step": step, "train_loss": round(train_loss, 5), "val_loss": round(val, 5)})
-                _log_mlflow({"val_loss": val}, step, progress.run_id)
-                if self.image and progress.run_id is not None:
-                    _log_sample_grid(model, cfg.seed, step)
-                log.info("train: step %d/%d train_loss %.4f val_loss %.4f", step, cfg.max_steps, train_loss, val)
-                if val < progress.best_val or not getattr(model, "select_best", True):  # GANs: keep the last
-                    progress.best_val = val
-                    save_checkpoint(self.ckpt_dir / "best", model, {"step": step, "val_loss": val})
-                self.checkpoint(progress)
+            if step % cfg.eval_interval and step != cfg.max_steps:
+                continue
+            # (5) validate, keep best, checkpoint: rank 0 (the others wait for it at their next all-reduce)
+            train_loss, recent = float(np.mean(recent)), []
+            ranks = self._sync_ranks()
+            if not self.main:
+                continue
+            val = validation_loss(model, self.val_data, cfg, self.opt, self.device, world_size)
+            progress.history.append({"step": step, "train_loss": round(train_loss, 5), "val_loss": round(val, 5)})
+            _log_mlflow({"val_loss": val}, step, progress.run_id)
+            if self.image and progress.run_id is not None:
+                _log_sample_grid(model, cfg.seed, step)
+            log.info("train: step %d/%d train_loss %.4f val_loss %.4f", step, cfg.max_steps, train_loss, val)
+            if val < progress.best_val or not getattr(model, "select_best", True):  # GANs: keep the last
+                progress.best_val = val
+                save_checkpoint(self.ckpt_dir / "best", model, {"step": step, "val_loss": val})
+            self.checkpoint(progress, ranks)
         bar.close()
 
     def best_model(self, progress: Progress) -> tuple[Generator, int]:
@@ -504,20 +580,38 @@ def _end_mlflow(run_id: str | None, status: str = "FINISHED") -> None:
 
 
 def train(params: Params) -> dict:
-    """Train the chosen generator; write the best weights to `train.out_dir`, metrics and the loss curve."""
+    """Train the chosen generator; write the best weights to `train.out_dir`, metrics and the loss curve.
+
+    With train.nproc > 1, launch that many data-parallel workers under torchrun, each running this function (it
+    finds itself under torchrun), and return the metrics rank 0 wrote."""
+    world = ddp.torchrun_world()
+    if world is None:
+        if params.train.nproc > 1:
+            ddp.launch(params)
+            return read_json(params.train.metrics_path)
+        return _train(params, None)
+    with ddp.worker(world, params):
+        return _train(params, world if world.size > 1 else None)
+
+
+def _train(params: Params, world: ddp.World | None) -> dict:
     cfg = params.train
-    trainer = Trainer(params)
+    n_workers = world.size if world else 1
+    trainer = Trainer(params, world)
     progress = trainer.resume()
     first_step = progress.step
-    progress.run_id = _start_mlflow(params, progress.run_id)
+    progress.run_id = _start_mlflow(params, progress.run_id) if trainer.main else None
     model = trainer.model
     n_total, n_trainable = model.n_params(), model.n_params(trainable_only=True)
-    log.info("train: %s with %.2fM parameters (%d trainable, %.2f%%) on %s%s, %d steps", model.name, n_total / 1e6,
-             n_trainable, 100 * n_trainable / n_total, trainer.device, " (bf16 autocast)" if trainer.opt.dtype else "",
+    log.info("train: %s with %.2fM parameters (%d trainable, %.2f%%) on %s%s%s, %d steps", model.name,
+             n_total / 1e6, n_trainable, 100 * n_trainable / n_total, trainer.device,
+             f" x {n_workers} data-parallel workers" if world else "", " (bf16 autocast)" if trainer.opt.dtype else "",
              cfg.max_steps)
     start = time.perf_counter()
     try:
         trainer.fit(progress)
+        if not trainer.main:
+            return {}
         best, best_step = trainer.best_model(progress)
     except BaseException:
         _end_mlflow(progress.run_id, "FAILED")
@@ -527,8 +621,8 @@ def train(params: Params) -> dict:
     with atomic_path(cfg.out_dir) as out:
         best.save(out)
         write_json(out / RUN_FILE, {"run_id": progress.run_id})
-    # text: tokens per step; images: images per step
-    per_step = cfg.batch_size * cfg.grad_accum * (1 if trainer.image else model.block_size)
+    # text: tokens per step; images: images per step (of the global batch: every worker's)
+    per_step = n_workers * cfg.batch_size * cfg.grad_accum * (1 if trainer.image else model.block_size)
     throughput = "images_per_second" if trainer.image else "tokens_per_second"
     metrics = {
         "best_val_loss": round(progress.best_val, 5),
@@ -541,6 +635,7 @@ def train(params: Params) -> dict:
         throughput: round(per_step * steps_run / seconds, 1) if steps_run else None,
         "train_seconds": round(seconds, 1),  # of this invocation (a resumed run counts only its own steps)
         "device": trainer.device.type,
+        "nproc": n_workers,
     }
     write_json(cfg.metrics_path, metrics)
     write_json(cfg.plots_path, progress.history)
