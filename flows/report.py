@@ -45,6 +45,8 @@ def report_markdown(model_name: str, ran: list[str], challenger: dict | None, ch
     decision = ctags.get("decision", "unknown")
     lines += [(f"**Decision: {decision}** (version {challenger['version']}; gate metric `{metric}`, "
                f"min improvement {ctags.get('min_improvement', '–')})"), ""]
+    if ctags.get("refused_by", "none") != "none":
+        lines += [f"Refused champion by guard: {ctags['refused_by']}", ""]
     cm = _metrics(ctags)
     champion_is_new = champion is not None and champion["version"] == challenger["version"]
     before = ctags.get("champion_version_before", "None")

@@ -1,4 +1,10 @@
-"""clean: normalise text, drop exact duplicates and documents outside the length bounds, and count why.
+"""clean: normalise text, handle personal data, drop exact duplicates and documents outside the length bounds, and
+count why.
+
+Personal data (tasks/pii.py: e-mail addresses, phone numbers, IPv4/IPv6 addresses, Luhn-valid payment-card numbers,
+URLs carrying credentials) follows `clean.pii`: `redact` replaces each with a typed placeholder (`<EMAIL>`, ...),
+`drop` drops every document holding any, `keep` leaves the text as is. Each kind is counted (`pii_<kind>`) whatever
+the policy, so the data card says what the corpus held.
 
 Images: decode every image fully, drop the undecodable (corrupt, truncated, not an image), those smaller than
 `clean.min_image_size`, and duplicates (same pixels after conversion); convert the rest to one colour mode
@@ -53,20 +59,30 @@ def normalize(text: str) -> tuple[str, int]:
 @dataclass(frozen=True)
 class CleanResult:
     texts: list[str]
-    counts: dict[str, int]  # documents_in/out, dropped_* by reason, control_chars_removed, chars_in/out
+    counts: dict[str, int]  # documents_in/out, dropped_* by reason, pii_* by kind, control_chars_removed, chars
 
 
 def clean_documents(texts: list[str], cfg: CleanParams) -> CleanResult:
-    """Normalise each document; keep the first of exact duplicates; drop documents outside the length bounds."""
+    """Normalise each document and handle its personal data (`cfg.pii`); keep the first of exact duplicates; drop
+    documents outside the length bounds."""
+    from tasks.pii import KINDS, redact
+
     counts: Counter[str] = Counter(documents_in=len(texts), chars_in=sum(len(t) for t in texts))
     seen: set[bytes] = set()
     kept = []
     for raw in texts:
         text, n_controls = normalize(raw)
         counts["control_chars_removed"] += n_controls
+        redacted, found = redact(text)
+        counts.update({f"pii_{kind}": n for kind, n in found.items()})
+        counts["documents_with_pii"] += bool(found)
+        if cfg.pii == "redact":
+            text = redacted
         digest = hashlib.sha256(text.encode("utf-8")).digest()
         if not text:
             counts["dropped_empty"] += 1
+        elif found and cfg.pii == "drop":
+            counts["dropped_pii"] += 1
         elif digest in seen:
             counts["dropped_duplicate"] += 1
         elif len(text) < cfg.min_chars:
@@ -78,9 +94,10 @@ def clean_documents(texts: list[str], cfg: CleanParams) -> CleanResult:
         seen.add(digest)
     counts["documents_out"] = len(kept)
     counts["chars_out"] = sum(len(t) for t in kept)
-    for reason in ("dropped_empty", "dropped_duplicate", "dropped_too_short", "dropped_too_long"):
+    for reason in ("dropped_empty", "dropped_duplicate", "dropped_too_short", "dropped_too_long", "dropped_pii",
+                   "documents_with_pii", "control_chars_removed", *(f"pii_{kind}" for kind in KINDS)):
         counts.setdefault(reason, 0)
-    counts.setdefault("control_chars_removed", 0)
+    counts["pii_total"] = sum(counts[f"pii_{kind}"] for kind in KINDS)
     return CleanResult(kept, dict(counts))
 
 
@@ -152,14 +169,17 @@ def clean(params: Params) -> dict:
             f"the corpus is empty after cleaning: {c['documents_in']} documents in, "
             f"{c['dropped_empty']} empty, {c['dropped_duplicate']} duplicates, "
             f"{c['dropped_too_short']} shorter than clean.min_chars={cfg.min_chars}, "
-            f"{c['dropped_too_long']} longer than clean.max_chars={cfg.max_chars}"
+            f"{c['dropped_too_long']} longer than clean.max_chars={cfg.max_chars}, "
+            f"{c['dropped_pii']} holding personal data (clean.pii=drop)"
         )
     with atomic_path(cfg.out_dir) as out:
         out.mkdir()
         write_jsonl(out / CLEAN_FILE, [{"text": t} for t in result.texts])
     write_json(cfg.metrics_path, c)
-    log.info("clean: kept %d of %d documents (%s)", c["documents_out"], c["documents_in"],
-             ", ".join(f"{k}={v}" for k, v in c.items() if k.startswith("dropped_") and v))
+    log.info("clean: kept %d of %d documents (%s); personal data %s: %s", c["documents_out"], c["documents_in"],
+             ", ".join(f"{k}={v}" for k, v in c.items() if k.startswith("dropped_") and v), cfg.pii,
+             ", ".join(f"{k.removeprefix('pii_')}={v}" for k, v in c.items()
+                       if k.startswith("pii_") and k != "pii_total" and v) or "none found")
     return c
 
 

@@ -3,7 +3,11 @@
 Text: test perplexity (under the model's own tokenizer) and bits per byte (tokenizer-independent: the summed
 negative log-likelihood of the whole test stream divided by its UTF-8 bytes, so generators with different
 tokenizers compare on one number); BLEU and ROUGE-L of greedy continuations of held-out prompts against the
-true continuations; a set of seeded samples written to `samples.jsonl`.
+true continuations; a set of seeded samples written to `samples.jsonl`. Copies and collapse of those samples (the
+register stage's guards, tasks/memorization.py): `memorization` is the share of samples holding a verbatim span of
+at least `evaluate.memorization_chars` characters of one training document (`memorization_longest_chars`: the
+longest), found with a sampled rolling-hash index of the training split; `diversity` is distinct-2 (distinct word
+bigrams over all bigrams of the samples), reported with distinct-1/3 and the within-sample repetition rate.
 
 Images (tasks/image_metrics.py): `n_images` samples against as many real training images, all scored with the
 classifier stage's network as feature extractor (one per dataset, so every image generator compares): FID, KID,
@@ -11,6 +15,12 @@ Inception Score, precision/recall and density/coverage; the same scores for two 
 images (the floor a perfect generator would reach with that many samples); for conditional generators the share
 of samples the classifier assigns to the class they were asked for. A fixed-seed sample grid `samples.png` (and
 `reconstructions.png` for the VAE: real test images over their reconstructions).
+
+Copies and collapse (the register stage's guards): `memorization` is the share of samples nearer to a training
+image than `copy_quantile` of real images are to their nearest other training image (`memorization_real`: the same
+share for held-out test images, the level of a generator that copies nothing); `diversity` is the samples' mean
+pairwise feature distance over the real images'. `nearest.png` shows the samples closest to the training set
+(top row) over their nearest training images.
 """
 
 from __future__ import annotations
@@ -23,9 +33,9 @@ import numpy as np
 import torch
 
 from models.base import TextGenerator, load_generator
-from tasks.io import atomic_path, read_json, write_json, write_jsonl
+from tasks.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from tasks.params import EvaluateParams, Params
-from tasks.preprocess import META_FILE, TOKENIZER_FILE, load_tokens
+from tasks.preprocess import META_FILE, TOKENIZER_FILE, load_tokens, split_of
 from tasks.train import pick_device
 
 log = logging.getLogger(__name__)
@@ -81,7 +91,31 @@ def continuation_scores(model: TextGenerator, tok, tokens: np.ndarray, cfg: Eval
     return text_scores(preds, refs), records
 
 
+def copy_and_diversity_scores(params: Params, samples: list[str]) -> tuple[dict, list[int]]:
+    """Score the samples against the training split (the cleaned documents preprocess assigned to train): the
+    memorization and diversity metrics, and each sample's longest verbatim training span in characters."""
+    from tasks.clean import CLEAN_FILE
+    from tasks.memorization import SpanIndex, diversity, memorization
+
+    if not samples:  # nothing generated (evaluate.n_samples: 0): the guards will say "not measured"
+        return {"memorization": None, "diversity": None}, []
+    pre = params.preprocess
+    start = time.perf_counter()
+    train = [d["text"] for d in read_jsonl(params.clean.out_dir / CLEAN_FILE)
+             if split_of(d["text"], pre.val_fraction, pre.test_fraction) == "train"]
+    index = SpanIndex.build(train, params.evaluate.memorization_chars)
+    built = time.perf_counter()
+    copies = memorization(samples, index)
+    words = diversity(samples)
+    log.info("evaluate: memorization index of %d training characters built in %.2fs, %d samples searched in %.2fs",
+             sum(map(len, train)), built - start, len(samples), time.perf_counter() - built)
+    metrics = {"memorization": copies["memorization"], "memorization_longest_chars": copies["memorization_longest_chars"],
+               "memorized_char_share": copies["memorized_char_share"], "diversity": words["distinct_2"], **words}
+    return metrics, [row["longest_chars"] for row in copies["samples"]]
+
+
 GRID_FILE, RECONSTRUCTIONS_FILE, CLASS_ACCURACY_FILE = "samples.png", "reconstructions.png", "class_accuracy.json"
+NEAREST_FILE = "nearest.png"  # images: the samples closest to a training image (top row) over that image
 
 
 def grid_labels(rows: int, n_classes: int) -> torch.Tensor:
@@ -103,9 +137,9 @@ def sample_images(model, n: int, seed: int, labels: torch.Tensor | None, steps: 
 
 def evaluate_images(params: Params) -> dict:
     """Score the trained image generator against real training images; write metrics and sample grids."""
-    from models.classifier import load_classifier, to_unit
+    from models.classifier import embed, load_classifier, to_unit
     from tasks.classifier import TASK_FILE
-    from tasks.image_metrics import class_accuracy, grid_png, image_scores
+    from tasks.image_metrics import class_accuracy, copy_report, feature_spread, grid_png, image_scores
     from tasks.preprocess import load_images
 
     cfg = params.evaluate
@@ -147,6 +181,20 @@ def evaluate_images(params: Params) -> dict:
         metrics["class_accuracy"] = acc["accuracy"]
         metrics["class_accuracy_chance"] = 1 / meta["n_classes"]
         per_class = dict(zip(meta["classes"], acc["per_class"]))
+    # Copies and collapse, in the same feature space: each sample's nearest training image (all of them), and the
+    # samples' spread relative to the real images'. Held-out test images give the copy share of real new images.
+    train_feats, _ = embed(clf, images)
+    fake_feats, _ = embed(clf, fake)
+    test_images, _ = load_images(data_dir, "test")
+    copies = copy_report(fake_feats, train_feats, embed(clf, test_images)[0], quantile=cfg.copy_quantile,
+                         seed=cfg.seed)
+    metrics |= {"memorization": copies["memorization"], "memorization_real": copies.get("memorization_real"),
+                "copy_threshold": copies["copy_threshold"], "nn_distance_median": copies["nn_distance_median"],
+                "train_nn_distance_median": copies["train_nn_distance_median"],
+                "diversity": feature_spread(fake_feats, seed=cfg.seed) / feature_spread(embed(clf, real_a)[0],
+                                                                                        seed=cfg.seed)}
+    closest = copies["distances"].argsort()[: cfg.grid_rows]
+    pairs = torch.cat([fake[closest], to_unit(torch.from_numpy(np.asarray(images[copies["indices"][closest]])))])
     if task != "labels":  # rotation logits say nothing about classes: an Inception Score would mislead
         metrics["inception_score"] = metrics["inception_score_std"] = metrics["inception_score_real"] = None
 
@@ -158,6 +206,7 @@ def evaluate_images(params: Params) -> dict:
     with atomic_path(cfg.out_dir) as out:
         out.mkdir()
         (out / GRID_FILE).write_bytes(grid_png(grid, nrow=rows, scale=cfg.grid_scale))
+        (out / NEAREST_FILE).write_bytes(grid_png(pairs, nrow=len(closest), scale=cfg.grid_scale))
         if hasattr(model, "reconstruct"):  # VAE: real test images (odd rows) over their reconstructions
             test, _ = load_images(data_dir, "test")
             count = min(max(rows // 2, 1) * rows, len(test) // rows * rows)
@@ -170,9 +219,11 @@ def evaluate_images(params: Params) -> dict:
             write_json(out / CLASS_ACCURACY_FILE, per_class)
     write_json(cfg.metrics_path, metrics)
     shown = {k: "n/a" if metrics.get(k) is None else f"{metrics[k]:.4g}"
-             for k in ("fid", "fid_real_floor", "kid", "inception_score", "precision", "recall", "class_accuracy")}
+             for k in ("fid", "fid_real_floor", "kid", "inception_score", "precision", "recall", "class_accuracy",
+                       "memorization", "memorization_real", "diversity")}
     log.info("evaluate: FID %(fid)s (real-vs-real floor %(fid_real_floor)s), KID %(kid)s, IS %(inception_score)s, "
-             "precision %(precision)s, recall %(recall)s, class accuracy %(class_accuracy)s", shown)
+             "precision %(precision)s, recall %(recall)s, class accuracy %(class_accuracy)s, likely copies "
+             "%(memorization)s (held-out real images %(memorization_real)s), diversity %(diversity)s", shown)
     return metrics
 
 
@@ -198,6 +249,7 @@ def evaluate(params: Params) -> dict:
     samples = model.sample(cfg.n_samples, generator=gen, start_id=meta["eot_id"], max_new_tokens=cfg.sample_tokens,
                            temperature=cfg.temperature, top_k=cfg.top_k) if cfg.n_samples else None
     texts = tok.decode_batch(samples.tolist()) if samples is not None else []
+    guard_scores, copied = copy_and_diversity_scores(params, texts)
 
     metrics = {
         "test_loss": nll / n_scored,
@@ -207,19 +259,23 @@ def evaluate(params: Params) -> dict:
         "test_tokens": n_scored,
         "test_bytes": meta["test"]["n_bytes"],
         **scores,
+        **guard_scores,
         "scoring_tokens_per_second": n_scored / max(scored_at - start, 1e-9),
     }
     metrics = {k: (round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v
                for k, v in metrics.items()}  # JSON has no NaN: an unavailable score is null
     with atomic_path(cfg.out_dir) as out:
         out.mkdir()
-        write_jsonl(out / SAMPLES_FILE, [{"seed": cfg.seed, "index": i, "text": t} for i, t in enumerate(texts)])
+        write_jsonl(out / SAMPLES_FILE, [{"seed": cfg.seed, "index": i, "text": t, "longest_copied_chars": n}
+                                         for i, (t, n) in enumerate(zip(texts, copied))])
         write_jsonl(out / CONTINUATIONS_FILE, continuations)
     write_json(cfg.metrics_path, metrics)
     shown = {k: "n/a" if metrics[k] is None else f"{metrics[k]:.4f}"
-             for k in ("test_bpb", "test_unigram_bpb", "test_perplexity", "bleu", "rouge_l")}
+             for k in ("test_bpb", "test_unigram_bpb", "test_perplexity", "bleu", "rouge_l", "memorization",
+                       "diversity")}
     log.info("evaluate: test bpb %(test_bpb)s (unigram baseline %(test_unigram_bpb)s), perplexity "
-             "%(test_perplexity)s, BLEU %(bleu)s, ROUGE-L %(rouge_l)s", shown)
+             "%(test_perplexity)s, BLEU %(bleu)s, ROUGE-L %(rouge_l)s, memorization %(memorization)s, "
+             "diversity (distinct-2) %(diversity)s", shown)
     return metrics
 
 

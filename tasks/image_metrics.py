@@ -30,8 +30,20 @@ from torch import Tensor
 from models.classifier import Classifier, FeatureExtractor, LogitsExtractor, embed, to_uint8, to_unit
 
 __all__ = [
-    "to_uint8", "to_unit", "grid_png", "frechet_distance", "kernel_distance", "inception_score",
-    "precision_recall", "density_coverage", "image_scores", "fid_floor", "class_accuracy",
+    "class_accuracy",
+    "copy_report",
+    "density_coverage",
+    "feature_spread",
+    "fid_floor",
+    "frechet_distance",
+    "grid_png",
+    "image_scores",
+    "inception_score",
+    "kernel_distance",
+    "nearest_neighbours",
+    "precision_recall",
+    "to_uint8",
+    "to_unit",
 ]
 
 log = logging.getLogger(__name__)
@@ -248,3 +260,71 @@ def class_accuracy(classifier: Classifier, images: Tensor, requested_labels: Ten
     correct = (logits.argmax(dim=1) == requested).double()
     per_class = [correct[requested == c].mean().item() if (requested == c).any() else None for c in range(n_classes)]
     return {"accuracy": correct.mean().item(), "per_class": per_class}
+
+
+# ---------------------------------------------------------------------------------------------- copies and collapse
+
+
+def nearest_neighbours(queries: Tensor | np.ndarray, reference: Tensor | np.ndarray, *, exclude_self: bool = False,
+                       chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """Return (distance, index) of the nearest row of `reference` (M, D) to each row of `queries` (N, D), Euclidean,
+    float64. With `exclude_self` the queries are the reference's first N rows and a row is not its own neighbour."""
+    q, ref = _as_features(queries), _as_features(reference)
+    if len(ref) <= int(exclude_self):
+        raise ValueError(f"nearest neighbours need at least {int(exclude_self) + 1} reference points, got {len(ref)}")
+    dists, idx = [], []
+    for s in range(0, len(q), chunk_size):
+        d = torch.cdist(q[s : s + chunk_size], ref)
+        if exclude_self:
+            rows = torch.arange(len(d))
+            d[rows, rows + s] = math.inf
+        best = d.min(dim=1)
+        dists.append(best.values)
+        idx.append(best.indices)
+    return torch.cat(dists), torch.cat(idx)
+
+
+def copy_report(fake_feats: Tensor, train_feats: Tensor, held_out_feats: Tensor | None = None, *,
+                quantile: float = 0.05, max_reference: int = 5000, seed: int = 0) -> dict:
+    """Measure how close samples sit to the training set: likely copies of training images.
+
+    The threshold is the `quantile` of the train-to-train nearest-neighbour distances (each training image to its
+    nearest other training image; at most `max_reference` of them, drawn with `seed`): a sample nearer to a
+    training image than that is closer than all but a `quantile` of real images are to each other. A generator
+    that draws new images from the data distribution has about `quantile` of its samples under it (held-out real
+    images, when given, show that reference level); a generator that replays its training set has nearly all.
+
+    Returns the share of likely copies (`memorization`), the threshold, the samples' median nearest-neighbour
+    distance, the held-out reference share (`memorization_real`) and, per sample, its distance and nearest index.
+    """
+    train = _as_features(train_feats)
+    if len(train) > max_reference:
+        rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:max_reference].sort().values
+        queries = train[rows]
+        reference = torch.cat([queries, train[torch.ones(len(train), dtype=torch.bool).index_fill_(0, rows, False)]])
+    else:
+        queries = reference = train
+    train_nn, _ = nearest_neighbours(queries, reference, exclude_self=True)
+    threshold = torch.quantile(train_nn, quantile).item()
+    dist, idx = nearest_neighbours(fake_feats, train)
+    report = {"memorization": (dist < threshold).double().mean().item(), "copy_threshold": threshold,
+              "nn_distance_median": dist.median().item(), "train_nn_distance_median": train_nn.median().item(),
+              "distances": dist, "indices": idx}
+    if held_out_feats is not None and len(held_out_feats):
+        real_dist, _ = nearest_neighbours(held_out_feats, train)
+        report["memorization_real"] = (real_dist < threshold).double().mean().item()
+    return report
+
+
+def feature_spread(feats: Tensor | np.ndarray, max_points: int = 2000, seed: int = 0) -> float:
+    """Return the mean pairwise Euclidean distance between feature rows (at most `max_points`, drawn with `seed`).
+
+    Divided by the same spread of real images it measures diversity: about 1 when samples vary as much as the
+    data, towards 0 as a generator collapses onto few outputs."""
+    x = _as_features(feats)
+    if len(x) < 2:
+        raise ValueError(f"a spread needs at least 2 points, got {len(x)}")
+    if len(x) > max_points:
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_points]]
+    d = torch.cdist(x, x)
+    return (d.sum() / (len(x) * (len(x) - 1))).item()

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from tasks.errors import DataError, SourceUnavailable
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = {".txt", ".md"}
 JSONL_SUFFIXES = {".jsonl"}
 EMBEDDED = {"embedded:pydoc"}
+# The terms the embedded corpora are distributed under (a source listed in ingest.licenses overrides these).
+EMBEDDED_LICENSES = {
+    "embedded:pydoc": "PSF-2.0 (Python documentation, distributed with CPython)",
+    "embedded:digits": "CC-BY-4.0 (UCI Optical Recognition of Handwritten Digits, via scikit-learn)",
+}
+UNDECLARED = "undeclared"
 CORPUS_FILE = "corpus.jsonl"  # inside ingest.out_dir
 MANIFEST_FILE = "manifest.json"
 
@@ -47,6 +54,23 @@ class SourceRecord:
     n_documents: int
     n_bytes: int
     sha256: str  # digest of the raw bytes read from the source
+
+
+def provenance(sources: list[str], records: list[list[SourceRecord]], licenses: dict[str, str], retrieved_at: str,
+               modality: str) -> dict:
+    """Return the provenance record of one ingest: for every file, URL or dataset read, the source entry it came
+    from, its URI, declared licence, retrieval time, size in bytes, item count and sha256 of the raw bytes."""
+    rows = []
+    for source, source_records in zip(sources, records):
+        license_ = licenses.get(source) or EMBEDDED_LICENSES.get(source, UNDECLARED)
+        rows += [{"source": source, "uri": r.uri, "license": license_, "retrieved_at": retrieved_at,
+                  "n_bytes": r.n_bytes, "n_items": r.n_documents, "sha256": r.sha256} for r in source_records]
+    return {"modality": modality, "retrieved_at": retrieved_at, "sources": rows,
+            "undeclared_licenses": sorted({r["source"] for r in rows if r["license"] == UNDECLARED})}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------------------------------- pure logic
@@ -213,6 +237,7 @@ def ingest_images(params: Params) -> dict:
 
     cfg = params.ingest
     images, records = [], []
+    retrieved_at = _now()
     for source in cfg.image_sources:
         found, raw = read_image_source(source, params.root, cfg.image_field, cfg.label_field)
         log.info("ingest: %s -> %d images", source, len(found))
@@ -225,6 +250,8 @@ def ingest_images(params: Params) -> dict:
         digest = write_pack(out, [r.data for r in images], labels, [r.source for r in images], classes)
         write_json(out / MANIFEST_FILE, {"sources": [vars(r) for r in records], "n_images": len(images),
                                          "classes": classes, "corpus_sha256": digest})
+    write_json(cfg.provenance_path, provenance(cfg.image_sources, [[r] for r in records], cfg.licenses, retrieved_at,
+                                               "image"))
     metrics = {"n_images": len(images), "n_sources": len(records), "n_classes": len(classes),
                "n_bytes": sum(len(r.data) for r in images), "corpus_sha256": digest}
     write_json(cfg.metrics_path, metrics)
@@ -241,11 +268,14 @@ def ingest(params: Params) -> dict:
     start = time.perf_counter()
     docs: list[Document] = []
     records: list[SourceRecord] = []
+    per_source: list[list[SourceRecord]] = []
+    retrieved_at = _now()
     for source in cfg.sources:
         source_docs, source_records = read_source(source, cfg, params.root)
         log.info("ingest: %s -> %d documents", source, len(source_docs))
         docs += source_docs
         records += source_records
+        per_source.append(source_records)
     if not docs:
         raise DataError("the sources yielded no documents")
 
@@ -256,6 +286,8 @@ def ingest(params: Params) -> dict:
         corpus_sha256 = sha256_file(out / CORPUS_FILE)
         manifest = {"sources": [vars(r) for r in records], "n_documents": len(docs), "corpus_sha256": corpus_sha256}
         write_json(out / MANIFEST_FILE, manifest)
+    # Outside out_dir: the retrieval time changes on every run, and must not make clean's input look new.
+    write_json(cfg.provenance_path, provenance(cfg.sources, per_source, cfg.licenses, retrieved_at, "text"))
     metrics = {
         "n_documents": len(docs),
         "n_sources": len(records),

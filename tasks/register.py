@@ -2,6 +2,12 @@
 beats the current champion on `register.promote_metric` by `register.min_improvement` (`gate`). With
 `register.promote: never` (sweeps) the version is registered and tagged only; the sweep gates its best.
 
+Guards come first: a version whose memorization is above `register.max_memorization` or whose diversity is below
+`register.min_diversity` never becomes champion, whatever its promote_metric; it stays challenger and its
+`refused_by` tag (and the log) names the guard. Every version carries a data card and a model card
+(tasks/cards.py): as its description in the registry, and as `data_card.md` / `model_card.md` in the model's
+artifacts and the run's `cards/`.
+
 Every version carries its metrics (`metric.*`), the gate's decision and lineage tags (tasks/lineage.py: git
 commit, dvc.lock digest, data digest, Prefect flow run, DVC experiment).
 
@@ -17,7 +23,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from tasks.io import read_json, write_json
+from tasks.cards import data_card, guards, model_card
+from tasks.io import read_json, read_jsonl, write_json
 from tasks.lineage import lineage_tags
 from tasks.params import Params, RegisterParams
 from tasks.preprocess import META_FILE, TOKENIZER_FILE
@@ -126,6 +133,26 @@ def _generator_to_log(params: Params, scratch: Path) -> Path:
     return merged
 
 
+def _write_cards(params: Params, metrics: dict, lineage: dict[str, str], scratch: Path) -> dict[str, Path]:
+    """Write the data card and the model card of this version into `scratch`; return their paths by artifact key."""
+    clean_cfg = params.clean
+    policy = ({"pii": clean_cfg.pii, "min_chars": clean_cfg.min_chars, "max_chars": clean_cfg.max_chars}
+              if params.model.modality == "text" else
+              {"image_mode": clean_cfg.image_mode, "min_image_size": clean_cfg.min_image_size})
+    data = data_card(read_json(params.ingest.provenance_path), read_json(clean_cfg.metrics_path),
+                     read_json(params.preprocess.metrics_path), policy)
+    samples = []
+    if params.model.modality == "text":
+        samples = [r["text"] for r in read_jsonl(params.evaluate.out_dir / "samples.jsonl")][:3]
+    card = model_card(params=params, name=params.register.model_name, metrics=metrics,
+                      train_metrics=read_json(params.train.metrics_path), guard_list=guards(metrics, params.register),
+                      lineage=lineage, data=data, samples=samples)
+    paths = {"data_card": scratch / "data_card.md", "model_card": scratch / "model_card.md"}
+    paths["data_card"].write_text(data, encoding="utf-8")
+    paths["model_card"].write_text(card, encoding="utf-8")
+    return paths
+
+
 def current_champion(client, name: str, metric: str) -> tuple[str | None, float | None]:
     """Return the champion's version and its value of `metric`, or (None, None) when there is no champion."""
     from mlflow.exceptions import MlflowException
@@ -147,18 +174,23 @@ def gate(client, cfg: RegisterParams, version: str) -> dict:
     raw = tags.get(f"metric.{cfg.promote_metric}")
     value = float("nan") if raw is None else float(raw)
     champion_version, champion_value = current_champion(client, cfg.model_name, cfg.promote_metric)
-    promote = should_promote(value, champion_value, cfg.greater_is_better, cfg.min_improvement)
-    decision = "promoted" if promote else "kept_champion"
+    refused = [g.describe() for g in guards({k.removeprefix("metric."): v for k, v in tags.items()
+                                             if k.startswith("metric.")}, cfg) if not g.passed]
+    promote = not refused and should_promote(value, champion_value, cfg.greater_is_better, cfg.min_improvement)
+    decision = "promoted" if promote else "refused_by_guard" if refused else "kept_champion"
     for key, val in {"decision": decision, "promote_metric": cfg.promote_metric, "challenger_value": str(value),
                      "champion_version_before": str(champion_version), "champion_value_before": str(champion_value),
-                     "min_improvement": str(cfg.min_improvement)}.items():
+                     "min_improvement": str(cfg.min_improvement), "refused_by": "; ".join(refused) or "none"}.items():
         client.set_model_version_tag(cfg.model_name, version, key, val)
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
     if promote:
         client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+    if refused:
+        log.warning("register: %s version %s refused champion by guard: %s", cfg.model_name, version,
+                    "; ".join(refused))
     log.info("register: %s version %s (%s %.4f vs champion %s: %s) -> %s", cfg.model_name, version,
              cfg.promote_metric, value, champion_version, champion_value, decision)
-    return {"version": int(version), "promoted": promote,
+    return {"version": int(version), "promoted": promote, "decision": decision, "refused_by": refused,
             "champion_version": int(version) if promote else (champion_version and int(champion_version)),
             f"challenger_{cfg.promote_metric}": value if math.isfinite(value) else None,  # JSON has no NaN
             f"champion_{cfg.promote_metric}_before": champion_value}
@@ -200,6 +232,11 @@ def register(params: Params) -> dict:
         spec = _model_files(params, Path(scratch))
         for path in spec.pop("evaluation"):
             mlflow.log_artifact(str(path), artifact_path="evaluation")
+        cards = _write_cards(params, metrics, lineage, Path(scratch))
+        for path in cards.values():
+            mlflow.log_artifact(str(path), artifact_path="cards")
+        spec["artifacts"] |= {key: str(path) for key, path in cards.items()}
+        description = cards["model_card"].read_text(encoding="utf-8")
         info = mlflow.pyfunc.log_model(name="model", code_paths=[str(MODELS_DIR)],
                                        registered_model_name=cfg.model_name, **spec)
         run_id = run.info.run_id
@@ -212,6 +249,7 @@ def register(params: Params) -> dict:
             "lora": "none" if params.model.lora is None else params.register.lora_export, **lineage}
     for key, val in tags.items():
         client.set_model_version_tag(cfg.model_name, version, key, val)
+    client.update_model_version(cfg.model_name, version, description=description)
     if cfg.promote == "gate":
         decision = gate(client, cfg, version)
     else:

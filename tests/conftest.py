@@ -47,6 +47,7 @@ TINY: dict[str, Any] = {
         "timeout_s": 10,
         "out_dir": "data/raw",
         "metrics_path": "metrics/ingest.json",
+        "provenance_path": "data/provenance.json",
     },
     "clean": {
         "min_chars": 64,
@@ -113,6 +114,9 @@ TINY: dict[str, Any] = {
         "artifacts_dir": "mlartifacts",
         "promote_metric": None,  # the modality's default: test_bpb (text) or fid (images)
         "min_improvement": 0.0,
+        # Models trained 4 steps are degenerate (collapsed GANs, random text): only the guard tests set limits.
+        "max_memorization": 1.0,
+        "min_diversity": 0.0,
         "metrics_path": "metrics/register.json",
     },
 }

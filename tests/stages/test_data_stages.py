@@ -196,6 +196,7 @@ def test_failed_ingest_leaves_the_previous_output_untouched(project):
     ingest(params)
     before = snapshot(params.ingest.out_dir)
     metrics_before = params.ingest.metrics_path.read_bytes()
+    provenance_before = params.ingest.provenance_path.read_bytes()
 
     write(project.path("data/inputs/bad.txt"), b"\xff")
     with pytest.raises(DataError, match="not valid UTF-8"):
@@ -203,7 +204,8 @@ def test_failed_ingest_leaves_the_previous_output_untouched(project):
 
     assert snapshot(params.ingest.out_dir) == before
     assert params.ingest.metrics_path.read_bytes() == metrics_before
-    assert sorted(p.name for p in params.ingest.out_dir.parent.iterdir()) == ["inputs", "raw"]  # no temp dirs
+    assert params.ingest.provenance_path.read_bytes() == provenance_before
+    assert sorted(p.name for p in params.ingest.out_dir.parent.iterdir()) == ["inputs", "provenance.json", "raw"]
 
 
 def test_ingest_rerun_replaces_the_output(project):
@@ -392,7 +394,7 @@ def test_clean_empty_corpus_is_an_error_and_creates_no_output(project):
     assert "20 shorter than clean.min_chars=1000000" in message
     assert not params.clean.out_dir.exists()
     assert not params.clean.metrics_path.exists()
-    assert sorted(p.name for p in project.path("data").iterdir()) == ["inputs", "raw"]
+    assert sorted(p.name for p in project.path("data").iterdir()) == ["inputs", "provenance.json", "raw"]
 
 
 def test_clean_empty_corpus_leaves_the_previous_output_untouched(project):
@@ -528,3 +530,45 @@ def test_data_stages_run_as_processes_from_the_project_params_file(project):
     meta = read_json(project.path("data/processed", META_FILE))
     assert sum(meta[s]["n_documents"] for s in SPLITS) == 200
     assert read_json(project.path("metrics/clean.json"))["documents_out"] == 200
+
+
+# ---------------------------------------------------------------------------------------------------- provenance
+
+
+def test_ingest_records_licence_retrieval_time_size_and_digest_of_every_source_outside_its_output(project):
+    from datetime import datetime
+
+    a = write(project.path("data/inputs/notes/a.txt"), LONG)
+    b = write(project.path("data/inputs/notes/b.txt"), LONG + " Another one.")
+    c = write(project.path("data/inputs/extra.jsonl"), json.dumps({"text": LONG + " Third."}) + "\n")
+    params = project.make_params(ingest={"sources": ["data/inputs/notes", "data/inputs/extra.jsonl"],
+                                         "licenses": {"data/inputs/notes": "CC-BY-4.0"}})
+    ingest(params)
+    record = read_json(params.ingest.provenance_path)
+    assert record["modality"] == "text"
+    rows = {Path(r["uri"]).name: r for r in record["sources"]}
+    assert set(rows) == {"a.txt", "b.txt", "extra.jsonl"}
+    for path in (a, b, c):
+        row = rows[path.name]
+        assert row["sha256"] == sha256(path) and row["n_bytes"] == path.stat().st_size and row["n_items"] == 1
+        assert datetime.fromisoformat(row["retrieved_at"]).tzinfo is not None
+    assert rows["a.txt"]["license"] == rows["b.txt"]["license"] == "CC-BY-4.0"
+    assert rows["extra.jsonl"]["license"] == "undeclared"
+    assert record["undeclared_licenses"] == ["data/inputs/extra.jsonl"]
+
+    # The retrieval time lives outside ingest.out_dir: a rerun on the same data leaves clean's input identical.
+    before = snapshot(params.ingest.out_dir)
+    ingest(params)
+    assert snapshot(params.ingest.out_dir) == before
+    assert not params.ingest.provenance_path.is_relative_to(params.ingest.out_dir)
+
+
+def test_embedded_sources_carry_their_licence_and_a_licence_for_an_unlisted_source_is_refused(project):
+    from tasks.errors import ParamsError
+
+    params = project.make_params(ingest={"sources": ["embedded:pydoc"]})
+    ingest(params)
+    (row,) = read_json(params.ingest.provenance_path)["sources"]
+    assert row["uri"] == "embedded:pydoc" and row["license"].startswith("PSF-2.0")
+    with pytest.raises(ParamsError, match=r"ingest.licenses: 'data/other' is not a listed source"):
+        project.make_params(ingest={"sources": ["embedded:pydoc"], "licenses": {"data/other": "MIT"}})

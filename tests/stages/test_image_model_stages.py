@@ -50,6 +50,10 @@ def test_each_image_generator_trains_evaluates_registers_and_serves_pngs(project
     assert grid.size == (4 * 8 + 5, 4 * 8 + 5)  # 4x4 images of 8 px with 1 px padding
     assert (params.evaluate.out_dir / "reconstructions.png").exists() == (name == "vae")
     assert ("class_accuracy" in metrics) == (name == "cdcgan")
+    assert 0 <= metrics["memorization"] <= 1 and 0 <= metrics["memorization_real"] <= 1
+    assert metrics["diversity"] > 0 and metrics["copy_threshold"] > 0
+    nearest = Image.open(params.evaluate.out_dir / "nearest.png")
+    assert nearest.size == (4 * 8 + 5, 2 * 8 + 3)  # 4 closest samples over their nearest training images
 
     result = register(params)
     assert result["promoted"] and result["challenger_fid"] == pytest.approx(metrics["fid"])
@@ -59,6 +63,9 @@ def test_each_image_generator_trains_evaluates_registers_and_serves_pngs(project
     assert version.tags["generator"] == name and float(version.tags["metric.fid"]) == pytest.approx(metrics["fid"])
     run_artifacts = {a.path for a in client.list_artifacts(version.run_id, "evaluation")}
     assert "evaluation/samples.png" in run_artifacts
+    assert "evaluation/nearest.png" in run_artifacts
+    assert version.description.startswith("# Model card") and "- PASS: memorization" in version.description
+    assert "Licence not declared" in version.description  # the image folder has no ingest.licenses entry
     step_grids = [a.path for a in client.list_artifacts(version.run_id, "images")]
     assert len([p for p in step_grids if p.endswith(".png")]) == 2  # one grid per validation (steps 2 and 4)
 

@@ -111,3 +111,38 @@ def test_clean_documents_may_return_nothing(texts):
     result = clean_documents(texts, CleanParams(min_chars=1, max_chars=10))
     assert result.texts == []
     assert result.counts["documents_out"] == 0
+
+
+# ------------------------------------------------------------------------------------------------ personal data
+
+PLANTED = ("Write to jane.doe@example.com or call +1 415 555 2671 from 192.168.10.20; card 4111 1111 1111 1111 "
+           "and the mirror at https://admin:s3cret@mirror.example.org/pub are private. " + "Padding words. " * 4)
+NEAR_MISS = ("Python 3.12.1 was released on 2024-01-15 at 12:30:45; see https://docs.python.org/3/ and use "
+             "@property, a[::2] or 0xDEADBEEF; 4111 1111 1111 1112 fails the Luhn check. " + "More words here. " * 3)
+
+
+def test_planted_personal_data_is_redacted_with_typed_placeholders_and_counted():
+    result = clean_documents([PLANTED, NEAR_MISS], CleanParams(min_chars=1))
+    redacted, untouched = result.texts
+    for secret in ("jane.doe@example.com", "415 555 2671", "192.168.10.20", "4111 1111 1111 1111", "s3cret"):
+        assert secret not in redacted
+    for placeholder in ("<EMAIL>", "<PHONE>", "<IPV4>", "<CARD>", "<URL_CREDENTIALS>"):
+        assert placeholder in redacted
+    assert untouched == normalize(NEAR_MISS)[0]  # near-misses stay byte for byte
+    c = result.counts
+    assert (c["pii_email"], c["pii_phone"], c["pii_ipv4"], c["pii_card"], c["pii_url_credentials"]) == (1, 1, 1, 1, 1)
+    assert c["pii_ipv6"] == 0 and c["pii_total"] == 5 and c["documents_with_pii"] == 1 and c["dropped_pii"] == 0
+
+
+def test_pii_drop_removes_the_documents_holding_any_and_keep_leaves_them_but_counts():
+    dropped = clean_documents([PLANTED, NEAR_MISS], CleanParams(min_chars=1, pii="drop"))
+    assert dropped.texts == [normalize(NEAR_MISS)[0]] and dropped.counts["dropped_pii"] == 1
+    kept = clean_documents([PLANTED, NEAR_MISS], CleanParams(min_chars=1, pii="keep"))
+    assert kept.texts[0] == normalize(PLANTED)[0] and kept.counts["pii_total"] == 5
+
+
+def test_documents_identical_after_redaction_are_duplicates():
+    a = "Contact alice@example.com about the report. " * 3
+    b = "Contact bob@example.org about the report. " * 3
+    result = clean_documents([a, b], CleanParams(min_chars=1))
+    assert len(result.texts) == 1 and result.counts["dropped_duplicate"] == 1 and result.counts["pii_email"] == 6

@@ -181,6 +181,14 @@ def test_report_shows_the_kept_champions_metrics_when_the_challenger_loses():
     assert "| test_bpb ◀ gate | 1.9 | 1.7 |" in md and "Samples" not in md
 
 
+def test_report_says_which_guard_refused_a_challenger():
+    why = "memorization 0.9 fails register.max_memorization (<= 0.5)"
+    refused = {"version": "9", "tags": {**CHALLENGER["tags"], "decision": "refused_by_guard", "refused_by": why}}
+    md = report_markdown("m", ["register"], refused, {"version": "7", "tags": CHALLENGER["tags"]}, [])
+    assert "**Decision: refused_by_guard**" in md and f"Refused champion by guard: {why}" in md
+    assert "Refused" not in report_markdown("m", ["register"], CHALLENGER, CHALLENGER, [])
+
+
 def test_report_of_a_run_with_nothing_stale():
     md = report_markdown("m", [], None, {"version": "3", "tags": {}}, [])
     assert "none (DVC found every stage up to date)" in md and "Champion: version 3." in md

@@ -218,3 +218,58 @@ def test_class_accuracy_is_high_for_true_labels_and_chance_for_shuffled_ones(dat
     assert class_accuracy(clf, real, shuffled, n_classes=10)["accuracy"] < 0.2
     only_zeros = class_accuracy(clf, data["zeros"], torch.zeros(len(data["zeros"]), dtype=torch.long), n_classes=10)
     assert only_zeros["per_class"][0] > 0.9 and only_zeros["per_class"][1:] == [None] * 9
+
+
+# ---------------------------------------------------------------------------------------------- copies and collapse
+
+
+def test_nearest_neighbours_agree_with_brute_force_and_can_skip_self():
+    from tasks.image_metrics import nearest_neighbours
+
+    gen = torch.Generator().manual_seed(0)
+    ref, queries = torch.randn(50, 4, generator=gen), torch.randn(7, 4, generator=gen)
+    dist, idx = nearest_neighbours(queries, ref, chunk_size=3)
+    brute = torch.cdist(queries.double(), ref.double())
+    assert torch.equal(idx, brute.argmin(dim=1))
+    assert torch.allclose(dist, brute.min(dim=1).values)
+    self_dist, self_idx = nearest_neighbours(ref[:10], ref, exclude_self=True, chunk_size=4)
+    assert (self_dist > 0).all() and not (self_idx == torch.arange(10)).any()
+
+
+def test_copies_of_training_images_are_flagged_and_fresh_samples_are_not():
+    from tasks.image_metrics import copy_report
+
+    gen = torch.Generator().manual_seed(1)
+    train, fresh, held_out = (torch.randn(n, 8, generator=gen) for n in (400, 200, 200))
+    copies = train[:200] + 1e-6 * torch.randn(200, 8, generator=gen)
+    replayed = copy_report(copies, train, held_out, quantile=0.05)
+    assert replayed["memorization"] == 1.0
+    new = copy_report(fresh, train, held_out, quantile=0.05)
+    assert new["memorization"] < 0.15  # about the quantile: fresh draws are as near as real images are
+    assert new["memorization_real"] < 0.15
+    assert new["nn_distance_median"] > 100 * replayed["nn_distance_median"]
+    half_copied = copy_report(torch.cat([copies[:100], fresh[:100]]), train, quantile=0.05)
+    assert 0.45 <= half_copied["memorization"] <= 0.6
+    assert half_copied["indices"][:100].tolist() == list(range(100))  # each copy points at its original
+
+
+def test_copy_report_threshold_from_a_subsample_matches_the_full_one():
+    from tasks.image_metrics import copy_report
+
+    gen = torch.Generator().manual_seed(2)
+    train, fake = torch.randn(3000, 4, generator=gen), torch.randn(300, 4, generator=gen)
+    full = copy_report(fake, train, quantile=0.1)
+    sub = copy_report(fake, train, quantile=0.1, max_reference=1000)
+    assert sub["copy_threshold"] == pytest.approx(full["copy_threshold"], rel=0.15)
+
+
+def test_feature_spread_falls_towards_zero_as_samples_collapse():
+    from tasks.image_metrics import feature_spread
+
+    gen = torch.Generator().manual_seed(3)
+    real, same = torch.randn(500, 8, generator=gen), torch.randn(500, 8, generator=gen)
+    collapsed = torch.randn(1, 8, generator=gen) + 0.01 * torch.randn(500, 8, generator=gen)
+    assert feature_spread(same) / feature_spread(real) == pytest.approx(1.0, abs=0.05)
+    assert feature_spread(collapsed) / feature_spread(real) < 0.02
+    with pytest.raises(ValueError, match="at least 2"):
+        feature_spread(real[:1])

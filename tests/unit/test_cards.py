@@ -1,0 +1,52 @@
+"""Data and model cards, and the promotion guards they report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.cards import data_card, guards, model_card
+from tasks.params import parse_params
+
+PROVENANCE = {
+    "modality": "text", "retrieved_at": "2026-11-23T10:00:00+00:00", "undeclared_licenses": ["data/inputs/x.txt"],
+    "sources": [
+        {"source": "embedded:pydoc", "uri": "embedded:pydoc", "license": "PSF-2.0", "n_bytes": 466273, "n_items": 377,
+         "retrieved_at": "2026-11-23T10:00:00+00:00", "sha256": "ab" * 32},
+        {"source": "data/inputs/x.txt", "uri": "/p/data/inputs/x.txt", "license": "undeclared", "n_bytes": 10,
+         "n_items": 1, "retrieved_at": "2026-11-23T10:00:00+00:00", "sha256": "cd" * 32},
+    ],
+}
+CLEAN = {"documents_in": 378, "documents_out": 359, "pii_email": 3, "pii_phone": 0, "pii_total": 3}
+
+
+def test_guards_pass_at_their_limits_fail_beyond_them_and_fail_when_not_measured():
+    cfg = parse_params({"register": {"max_memorization": 0.2, "min_diversity": 0.5}}, Path(".")).register
+    at_limits = {g.name: g for g in guards({"memorization": 0.2, "diversity": 0.5}, cfg)}
+    assert at_limits["memorization"].passed and at_limits["diversity"].passed
+    beyond = {g.name: g for g in guards({"memorization": "0.25", "diversity": 0.49}, cfg)}  # tags are strings
+    assert not beyond["memorization"].passed and not beyond["diversity"].passed
+    assert beyond["memorization"].describe() == "memorization 0.25 fails register.max_memorization (<= 0.2)"
+    missing = {g.name: g for g in guards({}, cfg)}
+    assert not missing["diversity"].passed and "not measured" in missing["diversity"].describe()
+
+
+def test_data_card_lists_every_source_with_its_licence_and_flags_undeclared_ones():
+    card = data_card(PROVENANCE, CLEAN, {"train_n_documents": 324}, {"pii": "redact"})
+    assert "| embedded:pydoc | embedded:pydoc | PSF-2.0 | 2026-11-23T10:00:00+00:00 | 466273 | 377 | abababab" in card
+    assert "**Licence not declared** for data/inputs/x.txt" in card
+    assert "Personal data found: 3 email (redact)." in card
+    assert "| train_n_documents | 324 |" in card
+
+
+def test_model_card_shows_guards_metrics_samples_and_embeds_the_data_card():
+    params = parse_params({"register": {"max_memorization": 0.1}}, Path("."))
+    metrics = {"test_bpb": 1.5, "memorization": 0.25, "diversity": 0.8}
+    card = model_card(params=params, name="text-generator", metrics=metrics, train_metrics={"n_params": 1000},
+                      guard_list=guards(metrics, params.register), lineage={"git_commit": "abc"},
+                      data=data_card(PROVENANCE, CLEAN, {}, {"pii": "redact"}), samples=["hello ``` world"])
+    assert card.startswith("# Model card: text-generator\n")
+    assert "- FAIL: memorization 0.25 fails register.max_memorization (<= 0.1)" in card
+    assert "- PASS: diversity 0.8 passes register.min_diversity (>= 0.3)" in card
+    assert "| test_bpb | 1.5 |" in card and "| git_commit | abc |" in card
+    assert "```text\nhello ''' world\n```" in card  # a sample cannot close the fence early
+    assert "## Data card" in card and "### Sources" in card and "## Intended use" in card and "## Limits" in card
