@@ -513,6 +513,67 @@ def test_preprocess_too_few_documents_is_an_error(project):
     assert not params.preprocess.out_dir.exists()
 
 
+def in_memory_reference(params, directory: Path) -> dict[str, bytes]:
+    """What the stage wrote before it streamed: every split in memory, encoded in one batch, saved by np.save."""
+    import math
+    from collections import Counter
+
+    from tasks.io import write_json
+    from tasks.preprocess import encode_stream, split_documents, train_char_tokenizer
+
+    cfg = params.preprocess
+    splits = split_documents([r["text"] for r in read_jsonl(params.clean.out_dir / CLEAN_FILE)], cfg)
+    if cfg.tokenizer == "char":
+        tok = train_char_tokenizer(splits["train"])
+    else:
+        tok = train_tokenizer(splits["train"], cfg.vocab_size)
+    directory.mkdir()
+    tok.save(str(directory / TOKENIZER_FILE))
+    meta = {"modality": "text", "tokenizer": cfg.tokenizer, "vocab_size": tok.get_vocab_size(), "eot_id": 0}
+    for split, docs in splits.items():
+        ids = encode_stream(tok, docs)
+        np.save(directory / f"{split}.npy", ids)
+        counts = Counter(b for d in docs for b in d.encode("utf-8"))
+        total = sum(counts.values())
+        entropy = -sum(c / total * math.log2(c / total) for c in counts.values())
+        meta[split] = {"n_documents": len(docs), "n_tokens": int(ids.size), "n_bytes": stream_bytes(docs),
+                       "byte_entropy_bits": round(entropy, 6)}
+    meta["dtype"] = str(ids.dtype)
+    write_json(directory / META_FILE, meta)
+    return snapshot(directory)
+
+
+@pytest.mark.parametrize("tokenizer", ["bpe", "char"])
+def test_preprocess_output_is_the_same_in_any_batch_size_and_as_in_memory(project, make_documents, tmp_path_factory,
+                                                                          tokenizer):
+    """The stage streams the corpus in batches: one document per batch, a few, or all in one must write the same
+    bytes, and the same bytes as encoding each split whole in memory."""
+    docs = make_documents(300) + ["caf\u00e9 na\u00efve \u00fcber \U0001f389 " * 8, "\u65e5\u672c\u8a9e " * 30]
+    clean_dir = project.path("data/clean")
+    clean_dir.mkdir(parents=True)
+    (clean_dir / CLEAN_FILE).write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs),
+                                        encoding="utf-8")
+    params = project.make_params(preprocess={"tokenizer": tokenizer})
+
+    outputs = []
+    for batch_bytes in (1, 700, 1 << 30):  # a document per batch, a few per batch, all in one
+        metrics = preprocess(params, batch_bytes=batch_bytes)
+        outputs.append((snapshot(params.preprocess.out_dir), metrics))
+
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert outputs[0][0] == in_memory_reference(params, tmp_path_factory.mktemp("reference") / "processed")
+    assert sum(outputs[0][1][f"{s}_n_documents"] for s in SPLITS) == len(docs)
+
+
+def test_preprocess_without_clean_output_asks_to_run_the_earlier_stages(project):
+    params = project.make_params()
+
+    with pytest.raises(DataError, match=r"documents.jsonl does not exist: run the stages before this one first"):
+        preprocess(params)
+
+    assert not params.preprocess.out_dir.exists()
+
+
 # ---------------------------------------------------------------------------------------------------- as processes
 
 

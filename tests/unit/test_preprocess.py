@@ -1,8 +1,12 @@
-"""preprocess's pure logic: hash splits, the byte-level BPE tokenizer, stream layout and byte statistics."""
+"""preprocess's pure logic: hash splits, the byte-level BPE tokenizer, stream layout and byte statistics, and the
+streaming pieces (document reader, batches, incremental byte counts, .npy writer) that must match the in-memory
+forms exactly."""
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -12,8 +16,12 @@ from tasks.params import PreprocessParams
 from tasks.preprocess import (
     EOT,
     SPLITS,
+    ByteStats,
+    TokenStreamWriter,
+    batches,
     byte_entropy,
     encode_stream,
+    iter_documents,
     split_documents,
     split_of,
     stream_bytes,
@@ -166,3 +174,74 @@ def test_byte_entropy_of_uniform_bytes_is_log2_of_their_count():
     text = "".join(chr(i) for i in range(128))  # the 128 ASCII bytes, once each
     assert byte_entropy([text]) == pytest.approx(7.0)
     assert byte_entropy([text, text]) == pytest.approx(7.0)
+
+
+def counter_entropy(texts: list[str]) -> float:
+    """The reference: byte entropy as the in-memory stage computed it, with a Counter over every byte."""
+    counts: Counter[int] = Counter()
+    for t in texts:
+        counts.update(t.encode("utf-8"))
+    total = sum(counts.values())
+    return -sum(c / total * math.log2(c / total) for c in counts.values())
+
+
+MIXED = [*DOCS[:300], "caf\u00e9 \u65e5\u672c \U0001f389", "\u00a0\t tabs", *DOCS[300:600], "\u0440\u0443\u0441 \u00df"]
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 100, 4096, 1 << 30])
+def test_byte_stats_in_any_batch_size_equal_a_counter_to_the_bit(batch_bytes):
+    stats = ByteStats(batch_bytes)
+    for text in MIXED:
+        stats.add(text.encode("utf-8"))
+    assert stats.entropy() == counter_entropy(MIXED)  # the same float: the terms are summed in the same order
+    assert stats.n_documents == len(MIXED)
+    assert stats.n_bytes == sum(len(t.encode("utf-8")) for t in MIXED) + len(MIXED) - 1
+
+
+# ---------------------------------------------------------------------------------------------------- streaming
+
+
+def test_iter_documents_reads_what_clean_writes_line_by_line(tmp_path):
+    path = tmp_path / "documents.jsonl"
+    texts = ["first\nline", "caf\u00e9 \u2028 separator", 'quotes " and \\ slashes']
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" + "\n" * i
+                            for i, t in enumerate(texts)), encoding="utf-8")
+    documents = iter_documents(path)
+    assert next(documents) == texts[0]  # a generator: nothing is read ahead of what is asked for
+    assert list(documents) == texts[1:]
+
+
+def test_iter_documents_of_a_missing_file_asks_to_run_the_earlier_stages(tmp_path):
+    with pytest.raises(DataError, match="does not exist: run the stages before this one first"):
+        next(iter_documents(tmp_path / "documents.jsonl"))
+
+
+@pytest.mark.parametrize("size", [1, 50, 400, 1 << 30])
+def test_batches_keep_every_text_in_order_and_stop_at_the_size(size):
+    groups = list(batches(iter(DOCS[:100]), size))
+    assert [t for g in groups for t in g] == DOCS[:100]
+    assert all(g for g in groups)
+    for g in groups[:-1]:  # a batch closes on the text that reaches the size, not before
+        assert sum(map(len, g)) >= size > sum(map(len, g[:-1]))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+@pytest.mark.parametrize("chunks", [[], [0], [3, 0, 5], [1] * 50, [70_000]])
+def test_token_stream_writer_writes_what_np_save_writes(tmp_path, dtype, chunks):
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 60_000, n).astype(dtype) for n in chunks]
+    whole = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
+    np.save(tmp_path / "reference.npy", whole)
+
+    with TokenStreamWriter(tmp_path / "streamed.npy", np.dtype(dtype)) as writer:
+        for a in arrays:
+            writer.write(a)
+
+    assert writer.n_tokens == whole.size
+    assert (tmp_path / "streamed.npy").read_bytes() == (tmp_path / "reference.npy").read_bytes()
+    assert np.array_equal(np.load(tmp_path / "streamed.npy", mmap_mode="r"), whole)
+
+
+def test_tokenizer_trained_from_a_generator_is_the_one_trained_from_a_list(make_documents):
+    docs = make_documents(100)
+    assert train_tokenizer(iter(docs), 300).to_str() == train_tokenizer(docs, 300).to_str()
