@@ -9,11 +9,15 @@
 Run `python -m flows.deploy` (or `make deploy`) with PREFECT_API_URL pointing at a Prefect server: it applies the
 deployments and then executes their runs until stopped (Ctrl-C). Runs start from the Prefect UI, from
 `prefect deployment run genpipe-pipeline/retrain`, from the API, or on the schedule.
+
+`python -m flows.deploy --pool NAME` registers the same deployments on a work pool instead and exits: a worker of
+that pool (`prefect worker start --pool NAME`, a process pool on a machine holding this checkout) runs them, in
+this project's directory.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from tasks.params import PARAMS_FILE, Params, load_params
@@ -21,9 +25,13 @@ from tasks.params import PARAMS_FILE, Params, load_params
 RETRAIN, ON_DEMAND, SWEEP = "retrain", "train-on-demand", "sweep"
 
 
-def deployments(params: Params, params_path: Path) -> list:
-    """Build the three deployments; every run reads `params_path` (absolute, so the runner's cwd is irrelevant)."""
+def deployments(params: Params, params_path: Path, for_pool: bool = False) -> list:
+    """Build the three deployments; every run reads `params_path` (absolute, so the runner's cwd is irrelevant).
+
+    `for_pool`: for a work pool's process worker, which imports the flows by module path from the project
+    directory (no image and no remote storage: the code is this checkout)."""
     from prefect.client.schemas.schedules import CronSchedule
+    from prefect.deployments.runner import EntrypointType
 
     from flows.experiments import experiment, sweep
     from flows.pipeline import pipeline
@@ -31,30 +39,50 @@ def deployments(params: Params, params_path: Path) -> list:
     path = str(params_path.resolve())
     cfg = params.flow
     schedules = [CronSchedule(cron=cfg.cron, timezone=cfg.timezone)] if cfg.cron else None
+    where = {"entrypoint_type": EntrypointType.MODULE_PATH,
+             "job_variables": {"working_dir": str(params.root.resolve())}} if for_pool else {}
     return [
         pipeline.to_deployment(RETRAIN, schedules=schedules, parameters={"params_path": path},
                                description="Retrain on the committed params; DVC reruns only what changed.",
-                               tags=["genpipe"]),
+                               tags=["genpipe"], **where),
         experiment.to_deployment(ON_DEMAND, parameters={"params_path": path},
                                  description="Train one variant (generator, dotted-key overrides) as a DVC "
                                              "experiment; its model goes through the champion gate.",
-                                 tags=["genpipe"]),
+                                 tags=["genpipe"], **where),
         sweep.to_deployment(SWEEP, parameters={"params_path": path, "param_sets": []},
                             description="Run param sets as DVC experiments; the best becomes challenger.",
-                            tags=["genpipe"]),
+                            tags=["genpipe"], **where),
     ]
 
 
+def _deploy_on_pool(params: Params, params_path: Path, pool: str) -> None:
+    from prefect import deploy
+
+    from tasks.errors import UserError
+
+    try:
+        deploy(*deployments(params, params_path, for_pool=True), work_pool_name=pool, build=False, push=False,
+               ignore_warnings=True)
+    except ValueError as exc:  # e.g. no such work pool
+        raise UserError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Apply the deployments and serve their runs until interrupted."""
+    """Apply the deployments and serve their runs until interrupted, or register them on a work pool (--pool)."""
     from prefect import serve
 
     from flows.errors import run_cli
 
-    argv = sys.argv[1:] if argv is None else argv
-    path = Path(argv[0] if argv else PARAMS_FILE)
+    parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=main.__doc__)
+    parser.add_argument("params_path", nargs="?", default=PARAMS_FILE)
+    parser.add_argument("--pool", help="register on this work pool (a worker runs them) instead of serving here")
+    args = parser.parse_args(argv)
+    path = Path(args.params_path)
     params = run_cli("deploy", lambda: load_params(path))
-    serve(*deployments(params, path))
+    if args.pool:
+        run_cli("deploy", lambda: _deploy_on_pool(params, path, args.pool))
+    else:
+        serve(*deployments(params, path))
 
 
 if __name__ == "__main__":
