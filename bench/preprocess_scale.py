@@ -337,6 +337,8 @@ def main() -> None:
         "loadavg_before": loadavg_before,
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "command": "python bench/preprocess_scale.py " + " ".join(sys.argv[1:]),
+        "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True, check=False).stdout.strip(),  # the stage measured as "new"
         "corpora": {f"{k:g}": v for k, v in corpora.items()},
         "rows": rows["new"],
         "baseline": {"revision": args.baseline, "rows": rows["baseline"]} if args.baseline else None,
