@@ -7,7 +7,8 @@
 - `sweep`: a list of param sets run as DVC experiments; the best becomes challenger and is gated once.
 
 Run `python -m flows.deploy` (or `make deploy`) with PREFECT_API_URL pointing at a Prefect server: it applies the
-deployments and then executes their runs until stopped (Ctrl-C). Runs start from the Prefect UI, from
+deployments and then executes their runs until stopped (Ctrl-C). Stopping it does not pause the schedules: runs
+that come due while nothing serves them wait as Late and start when `make deploy` runs again. Runs start from the Prefect UI, from
 `prefect deployment run genpipe-pipeline/retrain`, from the API, or on the schedule.
 
 `python -m flows.deploy --pool NAME` registers the same deployments on a work pool instead and exits: a worker of
@@ -30,6 +31,7 @@ def deployments(params: Params, params_path: Path, for_pool: bool = False) -> li
 
     `for_pool`: for a work pool's process worker, which imports the flows by module path from the project
     directory (no image and no remote storage: the code is this checkout)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType
 
@@ -39,10 +41,14 @@ def deployments(params: Params, params_path: Path, for_pool: bool = False) -> li
     path = str(params_path.resolve())
     cfg = params.flow
     schedules = [CronSchedule(cron=cfg.cron, timezone=cfg.timezone)] if cfg.cron else None
+    # One retrain at a time: a scheduled run that comes due while the previous one still runs waits for it
+    # (ENQUEUE) instead of failing on the workspace lock, which stays as the guard against everything else.
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     where = {"entrypoint_type": EntrypointType.MODULE_PATH,
              "job_variables": {"working_dir": str(params.root.resolve())}} if for_pool else {}
     return [
         pipeline.to_deployment(RETRAIN, schedules=schedules, parameters={"params_path": path},
+                               concurrency_limit=one_at_a_time,
                                description="Retrain on the committed params; DVC reruns only what changed.",
                                tags=["genpipe"], **where),
         experiment.to_deployment(ON_DEMAND, parameters={"params_path": path},
@@ -82,7 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.pool:
         run_cli("deploy", lambda: _deploy_on_pool(params, path, args.pool))
     else:
-        serve(*deployments(params, path))
+        # Stopping this process leaves the schedules active (Prefect's default would pause them): runs that come
+        # due meanwhile wait, Late, until a serve process or worker is back.
+        serve(*deployments(params, path), pause_on_shutdown=False)
 
 
 if __name__ == "__main__":

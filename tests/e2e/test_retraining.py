@@ -26,6 +26,8 @@ pytestmark = pytest.mark.e2e
 EXTRA = "data/inputs/notes.txt"
 EXTRA_TEXT = ("Retraining notes. The pipeline reruns only what changed: DVC compares content hashes of code, data "
               "and params with dvc.lock, and the flow skips every stage that is up to date.\n\n") * 20
+EVERY_MINUTE = "* * * * *"
+SCHEDULER_ERRORS = ("Traceback", "InvalidRequestError", "Error in scheduler", "bulk DML")
 ALL = {"ingest", "clean", "preprocess", "classifier", "train", "evaluate", "register"}
 
 
@@ -39,7 +41,8 @@ def free_port() -> int:
 def proj(tmp_path_factory) -> Project:
     """A committed project whose corpus is the embedded one plus a local file under data/inputs (watched by DVC)."""
     project = make_project(tmp_path_factory.mktemp("retrain"))
-    project.set_params({"ingest": {"sources": ["embedded:pydoc", "data/inputs"]}})
+    # Every minute: the deployment test waits for the server's scheduler to create and the serve process to run one.
+    project.set_params({"ingest": {"sources": ["embedded:pydoc", "data/inputs"]}, "flow": {"cron": EVERY_MINUTE}})
     (project.root / EXTRA).write_text(EXTRA_TEXT, encoding="utf-8")
     project.run("git", "add", "-A")
     project.run("git", "commit", "-qm", "corpus: embedded + notes")
@@ -75,7 +78,20 @@ def registry(project: Project):
     return mlflow.MlflowClient()
 
 
-def test_deployments_on_a_real_prefect_server_run_and_tag_lineage(proj, tmp_path):
+def final(api: str, run_id: str) -> dict | None:
+    state = requests.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]
+    return state if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+
+def scheduled_runs(api: str, deployment_id: str) -> list[dict]:
+    """The runs of a deployment that the server's scheduler created (not triggered by hand), earliest first."""
+    runs = requests.post(f"{api}/flow_runs/filter", timeout=10, json={
+        "flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_ASC"})
+    runs.raise_for_status()
+    return [r for r in runs.json() if r["auto_scheduled"]]
+
+
+def test_deployments_on_a_real_prefect_server_run_on_schedule_and_tag_lineage(proj, tmp_path):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     server_env = {k: v for k, v in proj.env.items() if k != "PREFECT_API_URL"}
@@ -85,7 +101,7 @@ def test_deployments_on_a_real_prefect_server_run_and_tag_lineage(proj, tmp_path
     with background(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], proj, server_env,
                     server_log):
         wait_until(lambda: requests.get(f"{api}/health", timeout=2).ok, "prefect server health", 180, server_log)
-        with background([sys.executable, "-m", "flows.deploy"], proj, client_env, serve_log):
+        with background([sys.executable, "-m", "flows.deploy"], proj, client_env, serve_log) as serving:
             listed = wait_until(lambda: (out := subprocess.run(["prefect", "deployment", "ls"], env=client_env,
                                                                capture_output=True, text=True, cwd=proj.root,
                                                                check=False)
@@ -95,7 +111,10 @@ def test_deployments_on_a_real_prefect_server_run_and_tag_lineage(proj, tmp_path
                 assert name in listed
             retrain = requests.get(f"{api}/deployments/name/genpipe-pipeline/retrain", timeout=10).json()
             crons = [s["schedule"].get("cron") for s in retrain["schedules"]]
-            assert crons == [proj.params["flow"]["cron"]]
+            assert crons == [EVERY_MINUTE]
+            # Overlapping retrains queue instead of failing Busy.
+            assert retrain["global_concurrency_limit"]["limit"] == 1
+            assert retrain["concurrency_options"]["collision_strategy"] == "ENQUEUE"
 
             # A bad generator is refused by the deployment's parameter schema before any run exists.
             demand = requests.get(f"{api}/deployments/name/genpipe-experiment/train-on-demand", timeout=10).json()
@@ -107,19 +126,28 @@ def test_deployments_on_a_real_prefect_server_run_and_tag_lineage(proj, tmp_path
             bad = requests.post(f"{api}/deployments/{demand['id']}/create_flow_run",
                                 json={"parameters": {"overrides": {"train.max_stepz": 5}}}, timeout=10).json()
 
-            run = requests.post(f"{api}/deployments/{retrain['id']}/create_flow_run", json={}, timeout=10).json()
-
-            def final(run_id: str):
-                state = requests.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]
-                return state if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
-
-            bad_state = wait_until(lambda: final(bad["id"]), "on-demand run finished", 300, serve_log)
+            # Nobody triggers the retrain: the server's scheduler creates its runs from the cron schedule, and the
+            # serve process executes the first one when it comes due (within a minute).
+            run = wait_until(lambda: (runs := scheduled_runs(api, retrain["id"])) and runs[0], "a scheduled run",
+                             120, server_log)
+            bad_state = wait_until(lambda: final(api, bad["id"]), "on-demand run finished", 300, serve_log)
             assert bad_state["type"] == "FAILED"
             assert "train.max_stepz: unknown key" in bad_state["message"]
-            state = wait_until(lambda: final(run["id"]), "retrain run finished", 900, serve_log)
+            state = wait_until(lambda: final(api, run["id"]), "scheduled retrain run finished", 900, serve_log)
             assert state["type"] == "COMPLETED", (state, serve_log.read_text()[-4000:])
             artifacts = requests.post(f"{api}/artifacts/filter", timeout=10,
                                       json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+            # Let a retrain that came due meanwhile (enqueued behind the first, then a no-op) finish before stopping.
+            wait_until(lambda: not requests.post(f"{api}/flow_runs/filter", timeout=10, json={"flow_runs": {
+                "state": {"type": {"any_": ["RUNNING", "PENDING"]}}}}).json(), "no run in progress", 300, serve_log)
+        assert serving.returncode is not None
+
+        # Stopping the serve process left the schedule active: the nightly retrain is not silently paused.
+        after = requests.get(f"{api}/deployments/{retrain['id']}", timeout=10).json()
+        assert after["paused"] is False
+        assert [s["active"] for s in after["schedules"]] == [True]
+    scheduler_log = [line for line in server_log.read_text().splitlines() if any(e in line for e in SCHEDULER_ERRORS)]
+    assert not scheduler_log, "\n".join(scheduler_log[:20])
 
     # The run registered a version carrying its lineage, and left DVC's view clean.
     name = proj.model_name
