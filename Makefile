@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # The venv's bin first: DVC stages run `python`, and `mlflow models serve` execs uvicorn from PATH.
 export PATH := $(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_LOGGING_EXTRA_LOGGERS := tasks,flows,models
+export PREFECT_LOGGING_EXTRA_LOGGERS := tasks,flows,models,config,runtime,cli,dataprep,training,evaluation,registry,serving
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export DO_NOT_TRACK := 1
 
@@ -20,6 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .   # the `genpipe` command
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with the pinned stack
@@ -43,10 +44,10 @@ test-fast: setup  ## unit and stage tests only
 	python -m pytest tests/unit tests/stages
 
 serve: setup  ## serve the champion over HTTP on port 5001
-	mlflow models serve -m "models:/$$(python -c 'from tasks.params import load_params; print(load_params().register.model_name)')@champion" --env-manager local --port 5001
+	mlflow models serve -m "models:/$$(python -c 'from config.params import load_params; print(load_params().register.model_name)')@champion" --env-manager local --port 5001
 
 ui-mlflow: setup  ## open the MLflow UI on port 5000
-	mlflow ui --backend-store-uri "$$(python -c 'from tasks.params import load_params; print(load_params().register.tracking_uri)')" --port 5000
+	mlflow ui --backend-store-uri "$$(python -c 'from config.params import load_params; print(load_params().register.tracking_uri)')" --port 5000
 
 clean:  ## remove pipeline outputs (not the venv, the registry or checkpoints)
 	rm -rf data/raw data/clean data/processed artifacts metrics plots dvc.lock

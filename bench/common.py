@@ -81,7 +81,7 @@ def stage_env(clone: Path, venv: Path | None = None) -> dict[str, str]:
     env.update({
         "PATH": f"{(venv or VENV) / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,flows,models",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,flows,models,config,runtime,cli,dataprep,training,evaluation,registry,serving",
         "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
         "PREFECT_HOME": str(clone / ".prefect"),  # this clone's own Prefect database, not the user's
         "DO_NOT_TRACK": "1",

@@ -1,4 +1,4 @@
-"""Speed and memory of `tasks.memorization.SpanIndex` on a ~100 MB training text, and whether it finds what it must.
+"""Speed and memory of `evaluation.memorization.SpanIndex` on a ~100 MB training text, and whether it finds what it must.
 
 Usage: python bench/memorization_index.py [--mb 100] [--compare-mb 10]   (writes bench/results/memorization_index.json)
 
@@ -125,7 +125,7 @@ def _hwm_mb() -> float | None:
 
 def run_size(mb: float) -> dict:
     """Build the corpus and the index in this process, query it, and return the measurements."""
-    from tasks.memorization import SpanIndex, memorization
+    from evaluation.memorization import SpanIndex, memorization
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()

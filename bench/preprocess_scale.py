@@ -58,7 +58,7 @@ def topics_normalised() -> list[list[str]]:
     """Return pydoc's topics as clean would keep them, each as its list of paragraphs."""
     from pydoc_data.topics import topics
 
-    from tasks.clean import normalize
+    from dataprep.text_clean import normalize
 
     return [normalize(text)[0].split("\n\n") for _, text in sorted(topics.items())]
 
@@ -92,7 +92,8 @@ def documents(seed: int = SEED) -> Iterator[str]:
 
 def write_corpora(root: Path, sizes: list[float]) -> dict[float, dict]:
     """Write `root/<size>/documents.jsonl` for every size (MB of document text) in one pass; return their stats."""
-    from tasks.clean import CLEAN_FILE, normalize
+    from config.catalog import CLEAN_FILE
+    from dataprep.text_clean import normalize
 
     targets = sorted(sizes)
     stats = {mb: {"n_documents": 0, "n_text_bytes": 0} for mb in targets}
@@ -206,7 +207,7 @@ def _pool_init(tokenizer_json: str) -> None:
 def _pool_encode(batch: list[str]) -> list:
     import numpy as np
 
-    from tasks.preprocess import EOT, token_dtype
+    from dataprep.tokenize import EOT, token_dtype
 
     dtype = token_dtype(_POOL_TOKENIZER)
     eot = np.array([_POOL_TOKENIZER.token_to_id(EOT)], dtype=dtype)
@@ -218,7 +219,7 @@ def write_streams_with_pool(tok, path: Path, out: Path, cfg, n_processes: int) -
     """The stage's encoding pass with a pool of processes (one tokenizer thread each) instead of threads."""
     import multiprocessing
 
-    from tasks.preprocess import BATCH_BYTES, SPLITS, TokenStreamWriter, batches, iter_documents, split_of, token_dtype
+    from dataprep.tokenize import BATCH_BYTES, SPLITS, TokenStreamWriter, batches, iter_documents, split_of, token_dtype
 
     docs = iter_documents(path)
     pending: list[list[str]] = []
@@ -241,8 +242,8 @@ def encode_parallelism(corpus: Path, tokenizer_path: Path, work: Path, repeats: 
     """Time the encoding pass on `corpus`: the tokenizer's own threads (the stage) against a process pool."""
     from tokenizers import Tokenizer
 
-    from tasks.params import PreprocessParams
-    from tasks.preprocess import write_streams
+    from config.params import PreprocessParams
+    from dataprep.tokenize import write_streams
 
     tok, cfg = Tokenizer.from_file(str(tokenizer_path)), PreprocessParams()
     n_text_bytes = sum(len(json.loads(line)["text"].encode("utf-8")) for line in corpus.open(encoding="utf-8"))

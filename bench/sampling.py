@@ -87,8 +87,8 @@ def gpt_rows(model) -> list[dict]:
 
 def fresh_image_model(name: str, params_path: Path):
     """Build generator `name` of the default architecture for 16x16 grayscale digits of 10 classes, untrained."""
-    from tasks.params import load_params
-    from tasks.train import build_model
+    from config.params import load_params
+    from training.trainer import build_model
 
     params = load_params(params_path, overrides={"model.name": name})
     meta = {"modality": "image", "image_size": params.preprocess.image_size, "channels": 1, "n_classes": 10}

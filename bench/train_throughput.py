@@ -3,7 +3,7 @@
 Both sides train the same Hugging Face GPT-2 config on the same token array with the same batch, dtype (fp32 on
 CPU), dropout, optimizer settings and torch threads, in one process:
 
-- product: `tasks.train.Trainer` built from params (data made by the real ingest/clean/preprocess stages in a
+- product: `training.trainer.Trainer` built from params (data made by the real ingest/clean/preprocess stages in a
   temporary project), stepped exactly as `Trainer.fit` steps it: `opt.set_lr(lr_at(step))`, then
   `model.train_step([windows() ...], opt)` (forward, loss, backward, grad clipping, fused AdamW, zero_grad). Fit's
   validation and checkpoint writes every `eval_interval` steps are left out of the timed blocks; their cost is
@@ -23,7 +23,7 @@ Equal time (`--budget`): fresh models on the default params train for the same w
 alternating slices of `--slice` seconds (again so that load falls on both alike). The lr schedule is the product's
 warm-up + cosine (`lr_at` over `train.max_steps`), driven by the fraction of its budget each side has used, so
 each side runs the whole schedule in the steps it reaches. Then test bits per byte of each on the real test split,
-with the product's definition (summed NLL over `scoring_windows` / test bytes, `tasks.evaluate.bits_per_byte`).
+with the product's definition (summed NLL over `scoring_windows` / test bytes, `evaluation.scoring.bits_per_byte`).
 
 `--compile` adds a row timing torch.compile of the product's network (cold-cache compile time, steady-state speed,
 and whether it pays over `train.max_steps`). `--threads N` sets torch's threads for both sides: on a 2-core machine
@@ -79,7 +79,7 @@ class Loop:
     step: Callable[[int], float]
     model: torch.nn.Module
     tokens_per_step: int
-    trainer: Any = None  # product: the tasks.train.Trainer
+    trainer: Any = None  # product: the training.trainer.Trainer
     optimizer: torch.optim.Optimizer | None = None  # bare: its AdamW
 
 
@@ -88,9 +88,9 @@ class Loop:
 
 def prepare_project(root: Path) -> dict:
     """Build the text data with the real stages (default embedded corpus) in `root`; return the params data."""
+    from config.params import apply_overrides, parse_params, read_params_data
     from tasks.clean import clean
     from tasks.ingest import ingest
-    from tasks.params import apply_overrides, parse_params, read_params_data
     from tasks.preprocess import preprocess
 
     data = apply_overrides(read_params_data(REPO / "params.yaml"), {"model.name": "gpt", "model.init_from": None,
@@ -103,8 +103,8 @@ def prepare_project(root: Path) -> dict:
 
 def product_loop(data: dict, root: Path, overrides: dict, schedule: Callable[[int], float] | None = None) -> Loop:
     """The pipeline's trainer, stepped as `Trainer.fit` steps it (without its periodic validation/checkpoint)."""
-    from tasks.params import apply_overrides, parse_params
-    from tasks.train import Trainer, lr_at
+    from config.params import apply_overrides, parse_params
+    from training.trainer import Trainer, lr_at
 
     trainer = Trainer(parse_params(apply_overrides(data, overrides), root))
     cfg, model = trainer.cfg, trainer.model
@@ -124,8 +124,8 @@ def bare_loop(data: dict, root: Path, overrides: dict, schedule: Callable[[int],
     """A ten-line PyTorch loop on the same config, data, batch and optimizer settings."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tasks.params import apply_overrides, parse_params
-    from tasks.train import lr_at
+    from config.params import apply_overrides, parse_params
+    from training.trainer import lr_at
 
     params = parse_params(apply_overrides(data, overrides), root)
     cfg, hp = params.train, params.model.gpt
@@ -255,8 +255,8 @@ def _adamw_kind(opt: torch.optim.Optimizer) -> str:
 
 def eval_checkpoint_seconds(trainer) -> float:
     """Time one validation + best/last checkpoint write, as Trainer.fit does every eval_interval steps."""
-    from tasks.checkpoint import save_checkpoint
-    from tasks.train import Progress, validation_loss
+    from training.checkpoint import save_checkpoint
+    from training.trainer import Progress, validation_loss
 
     t0 = time.perf_counter()
     val = validation_loss(trainer.model, trainer.val_data, trainer.cfg, trainer.opt, trainer.device)
@@ -317,10 +317,10 @@ def bare_nll(model: torch.nn.Module, tokens: np.ndarray, block_size: int, batch_
 def equal_time_run(data: dict, root: Path, seed: int, budget: float, slice_s: float) -> dict:
     """Train both sides from `train.seed=seed` for `budget` seconds each (alternating slices) on the default config;
     return the steps each reached and the test bpb of each."""
-    from tasks.evaluate import bits_per_byte
-    from tasks.params import apply_overrides, parse_params
-    from tasks.preprocess import load_tokens
-    from tasks.train import lr_at
+    from config.params import apply_overrides, parse_params
+    from dataprep.tokenize import load_tokens
+    from evaluation.scoring import bits_per_byte
+    from training.trainer import lr_at
 
     overrides = {"train.seed": seed}
     params = parse_params(apply_overrides(data, overrides), root)
@@ -362,7 +362,7 @@ def equal_time_run(data: dict, root: Path, seed: int, budget: float, slice_s: fl
 
 def equal_time(data: dict, root: Path, args: argparse.Namespace) -> dict:
     """Equal-wall-clock runs for each seed, and their means."""
-    from tasks.params import parse_params
+    from config.params import parse_params
 
     cfg = parse_params(data, root).train
     runs = [equal_time_run(data, root, seed, args.budget, args.slice) for seed in args.seeds]

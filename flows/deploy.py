@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tasks.params import PARAMS_FILE, Params, load_params
+from config.params import PARAMS_FILE, Params, load_params
 
 RETRAIN, ON_DEMAND, SWEEP = "retrain", "train-on-demand", "sweep"
 
@@ -64,7 +64,7 @@ def deployments(params: Params, params_path: Path, for_pool: bool = False) -> li
 def _deploy_on_pool(params: Params, params_path: Path, pool: str) -> None:
     from prefect import deploy
 
-    from tasks.errors import UserError
+    from runtime.errors import UserError
 
     try:
         deploy(*deployments(params, params_path, for_pool=True), work_pool_name=pool, build=False, push=False,
@@ -77,13 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     """Apply the deployments and serve their runs until interrupted, or register them on a work pool (--pool)."""
     from prefect import serve
 
+    from cli.stage import parser_for
     from flows.errors import run_cli
 
-    parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=main.__doc__)
-    parser.add_argument("params_path", nargs="?", default=PARAMS_FILE)
+    parser = parser_for("python -m flows.deploy", __doc__)
+    parser.add_argument("params_path", nargs="?", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--params", default=None, metavar="PATH", help="the params file (default: params.yaml here)")
     parser.add_argument("--pool", help="register on this work pool (a worker runs them) instead of serving here")
     args = parser.parse_args(argv)
-    path = Path(args.params_path)
+    path = Path(args.params or args.params_path or PARAMS_FILE)
     params = run_cli("deploy", lambda: load_params(path))
     if args.pool:
         run_cli("deploy", lambda: _deploy_on_pool(params, path, args.pool))

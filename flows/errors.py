@@ -9,8 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tasks.cli import DEBUG_ENV
-from tasks.errors import UserError
+from cli.stage import DEBUG_ENV
+from runtime.errors import UserError
 
 
 class FlowError(Exception):
@@ -45,7 +45,9 @@ class _NoTraceback(logging.Filter):
 def quiet_expected_errors() -> None:
     """Called at the start of every flow (idempotent): show the project's INFO records (stage progress) in the flow
     run's log, also when a deployment runs it in a fresh process, and drop tracebacks of expected failures."""
-    for name in ("tasks", "flows", "models"):
+    from runtime import PACKAGES
+
+    for name in PACKAGES:
         if logging.getLogger(name).level == logging.NOTSET:
             logging.getLogger(name).setLevel(logging.INFO)
     for name in ("prefect.flow_runs", "prefect.task_runs"):
@@ -56,7 +58,7 @@ def quiet_expected_errors() -> None:
 
 def run_cli(label: str, call: Callable[[], Any]) -> Any:
     """Run a flow's command line: logging set up, expected failures as `error: <label>: ...` and a non-zero exit."""
-    from tasks.cli import setup_logging
+    from cli.stage import setup_logging
 
     setup_logging()
     try:

@@ -5,7 +5,7 @@ Each param set is a mapping of dotted keys, the keys `dvc exp run -S` takes (`{"
 is validated by the params schema before anything runs. Each runs as `dvc exp run --temp` in a temporary copy of
 the project, so the workspace (params.yaml, outputs, dvc.lock) is left exactly as it was and each set starts from
 the committed baseline; the results appear in `dvc exp show`. Registry and checkpoints stay in the main project
-(see `tasks.params.state_root`). Experiments register with `register.promote=never`; when all have run, the best
+(see `config.params.state_root`). Experiments register with `register.promote=never`; when all have run, the best
 on `register.promote_metric` becomes `challenger` and goes through the champion gate.
 
 Flows: `sweep(param_sets)` and `experiment(generator, overrides)` (one set: what the on-demand deployment runs).
@@ -14,6 +14,7 @@ Command line: `python -m flows.experiments '[{"train.lr": 0.001}, {"train.lr": 0
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -26,10 +27,10 @@ from typing import Any
 
 from prefect import flow, task
 
+from config.params import PARAMS_FILE, GeneratorName, Params, load_params
 from flows.errors import ExperimentFailed, quiet_expected_errors, run_cli
-from tasks.errors import ParamsError
-from tasks.lineage import PREFECT_RUN_ENV
-from tasks.params import PARAMS_FILE, GeneratorName, Params, load_params
+from registry.lineage import PREFECT_RUN_ENV
+from runtime.errors import ParamsError
 
 log = logging.getLogger("flows.experiments")
 
@@ -120,8 +121,8 @@ def sweep(param_sets: list[dict[str, Any]], params_path: str = PARAMS_FILE) -> d
     from prefect.runtime import flow_run
 
     from flows.report import ARTIFACT_KEY, sweep_markdown
-    from tasks.register import gate
-    from tasks.tracking import connect
+    from registry.gate import gate
+    from registry.tracking import connect
 
     quiet_expected_errors()
     params_path = str(Path(params_path).resolve())
@@ -181,9 +182,17 @@ def parse_cli(argv: list[str]) -> tuple[list[dict[str, Any]], str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: `python -m flows.experiments '<JSON list of param sets>' [params.yaml]`."""
-    argv = sys.argv[1:] if argv is None else argv
-    run_cli("sweep", lambda: sweep(*parse_cli(argv)))
+    """Command line: `python -m flows.experiments '<JSON list of param sets>' [--params params.yaml]`."""
+    from cli.stage import parser_for
+
+    parser = parser_for("python -m flows.experiments", sweep.__doc__)
+    parser.add_argument("param_sets", metavar="PARAM_SETS", nargs="?",
+                        help='a JSON list of dotted-key overrides, e.g. \'[{"train.lr": 0.001}, {"train.lr": 0.003}]\'')
+    parser.add_argument("params_path", nargs="?", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--params", default=None, metavar="PATH", help="the params file (default: params.yaml here)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    cli = [a for a in (args.param_sets, args.params or args.params_path) if a is not None]
+    run_cli("sweep", lambda: sweep(*parse_cli(cli)))
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ is left for DVC or a later stage to accept.
 Each run publishes a markdown artifact (key `genpipe-report`): the challenger's metrics beside the champion's,
 the gate's decision, lineage and samples.
 
-Run: `python -m flows.pipeline [path/to/params.yaml]`.
+Run: `python -m flows.pipeline [--params path/to/params.yaml]` (or `genpipe flow`).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -26,9 +27,9 @@ from typing import Any
 
 from prefect import flow, task
 
+from config.params import PARAMS_FILE, STAGES, Params, load_params
 from flows.errors import StageFailed, quiet_expected_errors, run_cli
-from tasks.errors import UserError
-from tasks.params import PARAMS_FILE, STAGES, Params, load_params
+from runtime.errors import UserError
 
 log = logging.getLogger("flows.pipeline")
 
@@ -59,8 +60,8 @@ def run_stage(name: str, params_path: str) -> dict[str, Any]:
     from dvc.lock import LockError
     from dvc.repo import Repo, lock_repo
 
-    from tasks.errors import SourceUnavailable
-    from tasks.lock import Busy
+    from runtime.errors import SourceUnavailable
+    from runtime.lock import Busy
 
     params = load_params(params_path)
     repo = Repo(str(params.root))
@@ -113,7 +114,7 @@ def pipeline(params_path: str = PARAMS_FILE) -> dict[str, bool]:
     quiet_expected_errors()
     params_path = str(Path(params_path).resolve())
     params = load_params(params_path)  # fail before any stage runs if params.yaml is invalid
-    from tasks.lock import run_lock
+    from runtime.lock import run_lock
 
     ran = {}
     with run_lock(params.root, "Prefect flow genpipe-pipeline"):  # one run per workspace: a second stops at once
@@ -132,8 +133,13 @@ def pipeline(params_path: str = PARAMS_FILE) -> dict[str, bool]:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: run the flow; a failed stage or bad params end it with one line and a non-zero status."""
-    argv = sys.argv[1:] if argv is None else argv
-    run_cli("pipeline", lambda: pipeline(argv[0] if argv else PARAMS_FILE))
+    from cli.stage import parser_for
+
+    parser = parser_for("python -m flows.pipeline", __doc__.split("\n\n")[0] + "\n\n" + pipeline.__doc__)
+    parser.add_argument("params_path", nargs="?", default=None, metavar="PARAMS", help=argparse.SUPPRESS)
+    parser.add_argument("--params", default=None, metavar="PATH", help="the params file (default: params.yaml here)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    run_cli("pipeline", lambda: pipeline(args.params or args.params_path or PARAMS_FILE))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tasks.params import Params
+from config.catalog import SAMPLES_FILE
+from config.params import Params
 
 ARTIFACT_KEY = "genpipe-report"  # Prefect artifact keys: lowercase letters, digits and dashes
 LINEAGE = ("git_commit", "git_dirty", "dvc_lock_sha256", "data_sha256", "prefect_flow_run_id", "dvc_experiment")
@@ -92,7 +93,7 @@ def model_versions(params: Params) -> tuple[dict | None, dict | None]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from tasks.io import read_json
+    from runtime.io import read_json
 
     cfg = params.register
     mlflow.set_tracking_uri(cfg.tracking_uri)
@@ -113,7 +114,7 @@ def model_versions(params: Params) -> tuple[dict | None, dict | None]:
 
 
 def read_samples(params: Params, limit: int = 3) -> list[str]:
-    path = params.evaluate.out_dir / "samples.jsonl"
+    path = params.evaluate.out_dir / SAMPLES_FILE
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

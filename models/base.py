@@ -27,6 +27,8 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
+from models.registry import Declaration, declaration, declaration_of
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "generator.json"
 
@@ -44,12 +46,27 @@ class Optimization(Protocol):
 class Generator(nn.Module):
     """Base class of every generator family."""
 
+    Config: ClassVar[type]  # frozen dataclass of hyper-parameters
+    # Set from the family's declaration in models/registry.py (written there once), see __init_subclass__:
     name: ClassVar[str]  # the key used everywhere: params `model.name`, registry, metrics
     modality: ClassVar[str]  # "text" or "image"
-    Config: ClassVar[type]  # frozen dataclass of hyper-parameters
     # True for models that carry state across consecutive training windows (truncated BPTT): the trainer then
     # feeds contiguous streams, batches are (x, y, fresh), and train_state() holds the carried state for resume.
     stateful: ClassVar[bool] = False
+    conditional: ClassVar[bool] = False  # True: samples are drawn for requested class labels
+    # False for models whose validation loss does not rank checkpoints (GANs): the trainer then keeps the last
+    # weights instead of those with the lowest validation loss.
+    select_best: ClassVar[bool] = True
+    declaration: ClassVar[Declaration | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Take name and capabilities from the registry's declaration of this class (none for test doubles)."""
+        super().__init_subclass__(**kwargs)
+        decl = declaration_of(f"{cls.__module__}:{cls.__qualname__}")
+        if decl is not None:
+            cls.declaration = decl
+            cls.name, cls.modality = decl.name, decl.modality.name
+            cls.stateful, cls.conditional, cls.select_best = decl.stateful, decl.conditional, decl.select_best
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -183,10 +200,6 @@ class ImageGenerator(Generator):
     """
 
     modality = "image"
-    conditional: ClassVar[bool] = False  # True: samples are drawn for requested class labels
-    # False for models whose validation loss does not rank checkpoints (GANs): the trainer then keeps the last
-    # weights instead of those with the lowest validation loss.
-    select_best: ClassVar[bool] = True
 
     def validation_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         """Return a scalar loss on a held-out batch (lower is better when `select_best`). Called under no_grad
@@ -204,20 +217,12 @@ class ImageGenerator(Generator):
 
 # ---------------------------------------------------------------------------------------------- registry
 
-# model.name -> "module:Class"; imported lazily so choosing one family never imports the others.
-GENERATORS: dict[str, str] = {
-    "gpt": "models.gpt:GPT", "lstm": "models.rnn:LSTM", "gru": "models.rnn:GRU",
-    "dcgan": "models.dcgan:DCGAN", "cdcgan": "models.dcgan:CDCGAN", "vae": "models.vae:VAE", "ddpm": "models.ddpm:DDPM",
-}
-
-
 def generator_class(name: str) -> type[Generator]:
-    """Return the generator class registered under `name`."""
+    """Return the generator class registered under `name` (imported only now: choosing one family never imports
+    the others)."""
     import importlib
 
-    if name not in GENERATORS:
-        raise KeyError(f"unknown generator {name!r}; known: {', '.join(sorted(GENERATORS))}")
-    module, _, cls = GENERATORS[name].partition(":")
+    module, _, cls = declaration(name).target.partition(":")
     return getattr(importlib.import_module(module), cls)
 
 

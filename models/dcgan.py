@@ -134,9 +134,7 @@ def _bce(logits: Tensor, target: float) -> Tensor:
 class DCGAN(ImageGenerator):
     """Unconditional DCGAN; class labels in the batches are ignored."""
 
-    name = "dcgan"
     Config = DCGANConfig
-    select_best = False
 
     def __init__(self, config: DCGANConfig) -> None:
         super().__init__(config)
@@ -208,8 +206,6 @@ class DCGAN(ImageGenerator):
 class CDCGAN(DCGAN):
     """Class-conditional DCGAN: label embedding into the generator, projection discriminator."""
 
-    name = "cdcgan"
-    conditional = True
 
     def __init__(self, config: DCGANConfig) -> None:
         if config.n_classes < 2:

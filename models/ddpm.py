@@ -110,7 +110,6 @@ def build_scheduler(config: DDPMConfig) -> DDPMScheduler:
 class DDPM(ImageGenerator):
     """An unconditional diffusion model: UNet noise predictor, its weight average, and the noise schedule."""
 
-    name = "ddpm"
     Config = DDPMConfig
 
     def __init__(self, config: DDPMConfig) -> None:

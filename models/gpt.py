@@ -40,7 +40,6 @@ class GPTConfig:
 
 
 class GPT(TextGenerator):
-    name = "gpt"
     Config = GPTConfig
 
     def __init__(self, config: GPTConfig) -> None:

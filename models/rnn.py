@@ -46,7 +46,6 @@ class RecurrentLM(TextGenerator):
     """A recurrent language model; subclasses choose the cell."""
 
     Config = RNNConfig
-    stateful = True
     cell: ClassVar[type[nn.RNNBase]]
 
     def __init__(self, config: RNNConfig) -> None:
@@ -114,10 +113,8 @@ class RecurrentLM(TextGenerator):
 
 
 class LSTM(RecurrentLM):
-    name = "lstm"
     cell = nn.LSTM
 
 
 class GRU(RecurrentLM):
-    name = "gru"
     cell = nn.GRU

@@ -52,7 +52,6 @@ class VAEConfig:
 class VAE(ImageGenerator):
     """Unconditional convolutional VAE; class labels in the batches are ignored."""
 
-    name = "vae"
     Config = VAEConfig
 
     def __init__(self, config: VAEConfig) -> None:

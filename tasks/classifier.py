@@ -14,14 +14,12 @@ from __future__ import annotations
 import logging
 import time
 
-from tasks.io import atomic_path, read_json, write_json
-from tasks.params import Params
-from tasks.preprocess import META_FILE, load_images
+from config.catalog import META_FILE, SKIPPED_FILE, TASK_FILE
+from config.params import Params
+from dataprep.tokenize import load_images
+from runtime.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
-
-SKIPPED_FILE = "skipped.json"  # inside classifier.out_dir, for text data
-TASK_FILE = "task.json"  # what the classifier predicts: class labels or rotations
 
 
 def classifier(params: Params) -> dict:
@@ -52,7 +50,7 @@ def classifier(params: Params) -> dict:
     n_classes = int(meta["n_classes"]) if task == "labels" else 4
     config = ClassifierConfig(image_size=meta["image_size"], channels=meta["channels"], n_classes=n_classes,
                               width=cfg.width, feature_dim=cfg.feature_dim)
-    from tasks.train import pick_device
+    from runtime.device import pick_device
 
     device = pick_device(params.train.device)
     start = time.perf_counter()
@@ -79,6 +77,6 @@ def classifier(params: Params) -> dict:
 
 
 if __name__ == "__main__":
-    from tasks.cli import main
+    from cli.stage import main
 
     main(classifier)

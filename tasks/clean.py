@@ -1,109 +1,36 @@
 """clean: normalise text, handle personal data, drop exact duplicates and documents outside the length bounds, and
 count why.
 
-Personal data (tasks/pii.py: e-mail addresses, phone numbers, IPv4/IPv6 addresses, Luhn-valid payment-card numbers,
+Personal data (dataprep/pii.py: e-mail addresses, phone numbers, IPv4/IPv6 addresses, Luhn-valid payment-card numbers,
 URLs carrying credentials) follows `clean.pii`: `redact` replaces each with a typed placeholder (`<EMAIL>`, ...),
 `drop` drops every document holding any, `keep` leaves the text as is. Each kind is counted (`pii_<kind>`) whatever
 the policy, so the data card says what the corpus held.
 
 Images: decode every image fully, drop the undecodable (corrupt, truncated, not an image), those smaller than
 `clean.min_image_size`, and duplicates (same pixels after conversion); convert the rest to one colour mode
-(`clean.image_mode`) and re-encode them as PNG in a pack (tasks/images.py)."""
+(`clean.image_mode`) and re-encode them as PNG in a pack (dataprep/images.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
-import unicodedata
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.errors import DataError
-from tasks.ingest import CORPUS_FILE
-from tasks.io import atomic_path, read_jsonl, write_json, write_jsonl
-from tasks.params import CleanParams, Params
+from config.catalog import CLEAN_FILE, CORPUS_FILE
+from config.params import Params
+from dataprep.text_clean import clean_documents
+from models.registry import IMAGE
+from runtime.errors import DataError
+from runtime.io import atomic_path, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
-
-CLEAN_FILE = "documents.jsonl"  # inside clean.out_dir
-
-_SPACES = re.compile(r"[^\S\n]+")  # runs of whitespace other than newlines
-_INDENT = re.compile(r"^[ \t]*")
-_BLANK_LINES = re.compile(r"\n{3,}")
-
-
-def strip_controls(text: str) -> tuple[str, int]:
-    """Remove control and format characters except newline and tab; return the text and how many went."""
-    kept = [c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co")]
-    return "".join(kept), len(text) - len(kept)
-
-
-def normalize(text: str) -> tuple[str, int]:
-    """Return NFC text with controls stripped and whitespace normalised, plus the count of controls removed.
-
-    Leading indentation is kept (tabs as 4 spaces) because it carries meaning in code and lists; runs of
-    whitespace inside a line collapse to one space; trailing whitespace and surplus blank lines go."""
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    text, n_controls = strip_controls(text)
-    lines = []
-    for line in text.split("\n"):
-        lead = _INDENT.match(line).group()
-        body = _SPACES.sub(" ", line[len(lead):]).strip()
-        lines.append(lead.replace("\t", "    ") + body if body else "")
-    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip(), n_controls
-
-
-@dataclass(frozen=True)
-class CleanResult:
-    texts: list[str]
-    counts: dict[str, int]  # documents_in/out, dropped_* by reason, pii_* by kind, control_chars_removed, chars
-
-
-def clean_documents(texts: list[str], cfg: CleanParams) -> CleanResult:
-    """Normalise each document and handle its personal data (`cfg.pii`); keep the first of exact duplicates; drop
-    documents outside the length bounds."""
-    from tasks.pii import KINDS, redact
-
-    counts: Counter[str] = Counter(documents_in=len(texts), chars_in=sum(len(t) for t in texts))
-    seen: set[bytes] = set()
-    kept = []
-    for raw in texts:
-        text, n_controls = normalize(raw)
-        counts["control_chars_removed"] += n_controls
-        redacted, found = redact(text)
-        counts.update({f"pii_{kind}": n for kind, n in found.items()})
-        counts["documents_with_pii"] += bool(found)
-        if cfg.pii == "redact":
-            text = redacted
-        digest = hashlib.sha256(text.encode("utf-8")).digest()
-        if not text:
-            counts["dropped_empty"] += 1
-        elif found and cfg.pii == "drop":
-            counts["dropped_pii"] += 1
-        elif digest in seen:
-            counts["dropped_duplicate"] += 1
-        elif len(text) < cfg.min_chars:
-            counts["dropped_too_short"] += 1
-        elif len(text) > cfg.max_chars:
-            counts["dropped_too_long"] += 1
-        else:
-            kept.append(text)
-        seen.add(digest)
-    counts["documents_out"] = len(kept)
-    counts["chars_out"] = sum(len(t) for t in kept)
-    for reason in ("dropped_empty", "dropped_duplicate", "dropped_too_short", "dropped_too_long", "dropped_pii",
-                   "documents_with_pii", "control_chars_removed", *(f"pii_{kind}" for kind in KINDS)):
-        counts.setdefault(reason, 0)
-    counts["pii_total"] = sum(counts[f"pii_{kind}"] for kind in KINDS)
-    return CleanResult(kept, dict(counts))
 
 
 def clean_images(params: Params) -> dict:
     """Decode, check, convert and dedupe the ingested images into a pack in `clean.out_dir`; count what went."""
-    from tasks.images import decode, encode_png, has_colour, read_pack, to_mode, write_pack
+    from dataprep.images import decode, encode_png, has_colour, read_pack, to_mode, write_pack
 
     cfg = params.clean
     rows, classes, blobs = read_pack(params.ingest.out_dir)
@@ -158,7 +85,7 @@ def clean_images(params: Params) -> dict:
 
 def clean(params: Params) -> dict:
     """Clean the ingested corpus into `<clean.out_dir>/documents.jsonl`; write the counts as metrics."""
-    if params.model.modality == "image":
+    if params.model.modality is IMAGE:
         return clean_images(params)
     cfg = params.clean
     rows = read_jsonl(params.ingest.out_dir / CORPUS_FILE)
@@ -184,6 +111,6 @@ def clean(params: Params) -> dict:
 
 
 if __name__ == "__main__":
-    from tasks.cli import main
+    from cli.stage import main
 
     main(clean)

@@ -4,12 +4,12 @@ Text: test perplexity (under the model's own tokenizer) and bits per byte (token
 negative log-likelihood of the whole test stream divided by its UTF-8 bytes, so generators with different
 tokenizers compare on one number); BLEU and ROUGE-L of greedy continuations of held-out prompts against the
 true continuations; a set of seeded samples written to `samples.jsonl`. Copies and collapse of those samples (the
-register stage's guards, tasks/memorization.py): `memorization` is the share of samples holding a verbatim span of
+register stage's guards, evaluation/memorization.py): `memorization` is the share of samples holding a verbatim span of
 at least `evaluate.memorization_chars` characters of one training document (`memorization_longest_chars`: the
 longest), found with a sampled rolling-hash index of the training split; `diversity` is distinct-2 (distinct word
 bigrams over all bigrams of the samples), reported with distinct-1/3 and the within-sample repetition rate.
 
-Images (tasks/image_metrics.py): `n_images` samples against as many real training images, all scored with the
+Images (evaluation/image_metrics.py): `n_images` samples against as many real training images, all scored with the
 classifier stage's network as feature extractor (one per dataset, so every image generator compares): FID, KID,
 Inception Score, precision/recall and density/coverage; the same scores for two disjoint halves of the real
 images (the floor a perfect generator would reach with that many samples); for conditional generators the share
@@ -32,115 +32,33 @@ import time
 import numpy as np
 import torch
 
-from models.base import TextGenerator, load_generator
-from tasks.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
-from tasks.params import EvaluateParams, Params
-from tasks.preprocess import META_FILE, TOKENIZER_FILE, load_tokens, split_of
-from tasks.train import pick_device
+from config.catalog import (
+    CLASS_ACCURACY_FILE,
+    CONTINUATIONS_FILE,
+    GRID_FILE,
+    META_FILE,
+    NEAREST_FILE,
+    RECONSTRUCTIONS_FILE,
+    SAMPLES_FILE,
+    TOKENIZER_FILE,
+)
+from config.params import Params
+from dataprep.tokenize import load_tokens
+from evaluation.scoring import bits_per_byte, continuation_scores, copy_and_diversity_scores, grid_labels, sample_images
+from models.base import load_generator
+from models.registry import IMAGE
+from runtime.device import pick_device
+from runtime.io import atomic_path, read_json, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
-
-SAMPLES_FILE = "samples.jsonl"  # inside evaluate.out_dir
-CONTINUATIONS_FILE = "continuations.jsonl"
-
-
-# ---------------------------------------------------------------------------------------------------- pure logic
-
-
-def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
-    return nll_nats / math.log(2) / n_bytes
-
-
-def prompt_offsets(n_tokens: int, n_prompts: int, span: int) -> list[int]:
-    """Evenly spaced start offsets of `n_prompts` non-overlapping spans of `span` tokens in a stream."""
-    usable = n_tokens - span
-    if usable < 0:
-        return []
-    n = min(n_prompts, usable // span + 1)
-    return [round(i * usable / max(n - 1, 1)) for i in range(n)]
-
-
-def text_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Return corpus BLEU-4 and mean ROUGE-L F-measure of predictions against references."""
-    from torchmetrics.text import BLEUScore
-    from torchmetrics.text.rouge import ROUGEScore
-
-    bleu = BLEUScore(n_gram=4, smooth=True)(predictions, [[r] for r in references]).item()
-    rouge = ROUGEScore(rouge_keys=("rougeL",))(predictions, references)["rougeL_fmeasure"].item()
-    return {"bleu": bleu, "rouge_l": rouge}
-
-
-# ---------------------------------------------------------------------------------------------------- stage
-
-
-def continuation_scores(model: TextGenerator, tok, tokens: np.ndarray, cfg: EvaluateParams,
-                        device: torch.device) -> tuple[dict[str, float], list[dict]]:
-    """Greedily continue held-out prompts and score the continuations against the true text."""
-    span = cfg.prompt_tokens + cfg.continuation_tokens
-    offsets = prompt_offsets(len(tokens), cfg.n_prompts, span)
-    if not offsets:
-        log.warning("evaluate: the test split is shorter than one prompt + continuation; BLEU/ROUGE-L skipped")
-        return {"bleu": float("nan"), "rouge_l": float("nan")}, []
-    rows = torch.from_numpy(np.stack([tokens[o : o + span] for o in offsets]).astype(np.int64)).to(device)
-    prompts, truth = rows[:, : cfg.prompt_tokens], rows[:, cfg.prompt_tokens :]
-    generated = model.generate(prompts, cfg.continuation_tokens, temperature=0.0)
-    preds = tok.decode_batch(generated.tolist())
-    refs = tok.decode_batch(truth.tolist())
-    records = [{"prompt": p, "reference": r, "generated": g}
-               for p, r, g in zip(tok.decode_batch(prompts.tolist()), refs, preds)]
-    return text_scores(preds, refs), records
-
-
-def copy_and_diversity_scores(params: Params, samples: list[str]) -> tuple[dict, list[int]]:
-    """Score the samples against the training split (the cleaned documents preprocess assigned to train): the
-    memorization and diversity metrics, and each sample's longest verbatim training span in characters."""
-    from tasks.clean import CLEAN_FILE
-    from tasks.memorization import SpanIndex, diversity, memorization
-
-    if not samples:  # nothing generated (evaluate.n_samples: 0): the guards will say "not measured"
-        return {"memorization": None, "diversity": None}, []
-    pre = params.preprocess
-    start = time.perf_counter()
-    train = [d["text"] for d in read_jsonl(params.clean.out_dir / CLEAN_FILE)
-             if split_of(d["text"], pre.val_fraction, pre.test_fraction) == "train"]
-    index = SpanIndex.build(train, params.evaluate.memorization_chars)
-    built = time.perf_counter()
-    copies = memorization(samples, index)
-    words = diversity(samples)
-    log.info("evaluate: memorization index of %d training characters built in %.2fs, %d samples searched in %.2fs",
-             sum(map(len, train)), built - start, len(samples), time.perf_counter() - built)
-    metrics = {"memorization": copies["memorization"], "memorization_longest_chars": copies["memorization_longest_chars"],
-               "memorized_char_share": copies["memorized_char_share"], "diversity": words["distinct_2"], **words}
-    return metrics, [row["longest_chars"] for row in copies["samples"]]
-
-
-GRID_FILE, RECONSTRUCTIONS_FILE, CLASS_ACCURACY_FILE = "samples.png", "reconstructions.png", "class_accuracy.json"
-NEAREST_FILE = "nearest.png"  # images: the samples closest to a training image (top row) over that image
-
-
-def grid_labels(rows: int, n_classes: int) -> torch.Tensor:
-    """Labels for a rows x rows grid of a conditional generator: row r shows class r mod n_classes."""
-    return (torch.arange(rows * rows) // rows) % n_classes
-
-
-@torch.no_grad()
-def sample_images(model, n: int, seed: int, labels: torch.Tensor | None, steps: int | None,
-                  chunk: int = 256) -> torch.Tensor:
-    """Draw n images (on CPU, float [-1, 1]) in chunks from one seeded generator; labels (n,) for conditional."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, n, chunk):
-        part = None if labels is None else labels[start : start + chunk]
-        out.append(model.sample(min(chunk, n - start), generator=gen, labels=part, steps=steps).float().cpu())
-    return torch.cat(out)
 
 
 def evaluate_images(params: Params) -> dict:
     """Score the trained image generator against real training images; write metrics and sample grids."""
+    from config.catalog import TASK_FILE
+    from dataprep.tokenize import load_images
+    from evaluation.image_metrics import class_accuracy, copy_report, feature_spread, grid_png, image_scores
     from models.classifier import embed, load_classifier, to_unit
-    from tasks.classifier import TASK_FILE
-    from tasks.image_metrics import class_accuracy, copy_report, feature_spread, grid_png, image_scores
-    from tasks.preprocess import load_images
 
     cfg = params.evaluate
     data_dir = params.preprocess.out_dir
@@ -229,7 +147,7 @@ def evaluate_images(params: Params) -> dict:
 
 def evaluate(params: Params) -> dict:
     """Score the trained model on held-out data; write metrics and samples (text: continuations too)."""
-    if params.model.modality == "image":
+    if params.model.modality is IMAGE:
         return evaluate_images(params)
     from tokenizers import Tokenizer
 
@@ -280,6 +198,6 @@ def evaluate(params: Params) -> dict:
 
 
 if __name__ == "__main__":
-    from tasks.cli import main
+    from cli.stage import main
 
     main(evaluate)

@@ -43,7 +43,7 @@ def project_env(root: Path) -> dict[str, str]:
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         "PREFECT_HOME": str(root / ".prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,flows,models",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,flows,models,config,runtime,cli,dataprep,training,evaluation,registry,serving",
         "HF_HUB_OFFLINE": "1",
         "DO_NOT_TRACK": "1",
         "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
@@ -82,7 +82,7 @@ class Project:
     @property
     def model_name(self) -> str:
         """The registered model name, as the pipeline resolves it (params.yaml may leave it to the modality)."""
-        from tasks.params import load_params
+        from config.params import load_params
 
         return load_params(self.root / "params.yaml").register.model_name
 

@@ -35,6 +35,29 @@ def test_second_repro_runs_nothing(built):
         assert f"Stage '{stage}' didn't change" in out
 
 
+def stale_stages(project) -> set[str]:
+    status = json.loads(project.run("dvc", "status", "--json").stdout)
+    return set(status)
+
+
+@pytest.mark.parametrize("library_file", ["dataprep/pii.py", "evaluation/memorization.py", "training/checkpoint.py",
+                                          "registry/gate.py", "config/catalog.py", "models/vae.py"])
+def test_editing_a_library_file_makes_exactly_the_stages_that_import_it_stale(built, library_file):
+    from runtime.closure import closure
+
+    importers = {s for s in ALL_STAGES if any(p.relative_to(p.parents[1]).as_posix() == library_file
+                                              for p in closure(f"tasks.{s}"))}
+    assert importers, library_file
+    path = built.root / library_file
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# an edit\n")
+        assert stale_stages(built) == importers
+    finally:
+        path.write_bytes(original)
+    assert "up to date" in built.run("dvc", "status").stdout
+
+
 def test_flow_after_repro_reexecutes_no_stage(built):
     assert built.flow() == set()
     assert "up to date" in built.run("dvc", "status").stdout

@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 
-from tasks.lineage import lock_digest
+from registry.lineage import lock_digest
 from tests.e2e.conftest import Project, make_project, stop
 
 pytestmark = pytest.mark.e2e

@@ -100,7 +100,7 @@ def after(stages: tuple[str, ...], setup: Callable[[Project], None]):
         setup(p)
         import importlib
 
-        from tasks.params import load_params
+        from config.params import load_params
 
         params = load_params(p.root / "params.yaml")
         for name in stages:

@@ -16,11 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.clean import CLEAN_FILE, clean
-from tasks.errors import DataError
-from tasks.ingest import CORPUS_FILE, MANIFEST_FILE, ingest
-from tasks.io import read_json, read_jsonl
-from tasks.preprocess import EOT, META_FILE, SPLITS, TOKENIZER_FILE, preprocess, split_of, stream_bytes, train_tokenizer
+from config.catalog import CLEAN_FILE
+from tasks.clean import clean
+from runtime.errors import DataError
+from config.catalog import CORPUS_FILE, MANIFEST_FILE
+from tasks.ingest import ingest
+from runtime.io import read_json, read_jsonl
+from dataprep.tokenize import EOT, SPLITS, split_of, stream_bytes, train_tokenizer
+from config.catalog import META_FILE, TOKENIZER_FILE
+from tasks.preprocess import preprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,7 +135,7 @@ def test_ingest_warns_about_files_outside_inputs_dir(project, caplog):
     write(project.path("elsewhere/doc.txt"), "not watched by DVC")
     params = project.make_params(ingest={"sources": ["elsewhere/doc.txt"]})
 
-    with caplog.at_level("WARNING", logger="tasks.ingest"):
+    with caplog.at_level("WARNING"):
         ingest(params)
 
     assert any("outside ingest.inputs_dir" in r.getMessage() for r in caplog.records)
@@ -518,8 +522,8 @@ def in_memory_reference(params, directory: Path) -> dict[str, bytes]:
     import math
     from collections import Counter
 
-    from tasks.io import write_json
-    from tasks.preprocess import encode_stream, split_documents, train_char_tokenizer
+    from runtime.io import write_json
+    from dataprep.tokenize import encode_stream, split_documents, train_char_tokenizer
 
     cfg = params.preprocess
     splits = split_documents([r["text"] for r in read_jsonl(params.clean.out_dir / CLEAN_FILE)], cfg)
@@ -625,7 +629,7 @@ def test_ingest_records_licence_retrieval_time_size_and_digest_of_every_source_o
 
 
 def test_embedded_sources_carry_their_licence_and_a_licence_for_an_unlisted_source_is_refused(project):
-    from tasks.errors import ParamsError
+    from runtime.errors import ParamsError
 
     params = project.make_params(ingest={"sources": ["embedded:pydoc"]})
     ingest(params)

@@ -25,12 +25,13 @@ import torch
 
 from models.base import WEIGHTS_FILE, load_generator
 from tasks.clean import clean
-from tasks.errors import UserError
+from runtime.errors import UserError
 from tasks.ingest import ingest
-from tasks.io import read_json
-from tasks.params import Params, parse_params
+from runtime.io import read_json
+from config.params import Params, parse_params
 from tasks.preprocess import preprocess
-from tasks.train import ImageBatches, StreamWindows, TokenWindows, train
+from training.trainer import ImageBatches, StreamWindows, TokenWindows
+from tasks.train import train
 from tests.conftest import TINY_IMAGE, Project, merge
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

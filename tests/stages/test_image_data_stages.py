@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from tasks.clean import clean
-from tasks.errors import DataError
+from runtime.errors import DataError
 from tasks.ingest import ingest
-from tasks.preprocess import load_images, preprocess
+from dataprep.tokenize import load_images
+from tasks.preprocess import preprocess
 from tests.conftest import REPO_ROOT, TINY_IMAGE
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

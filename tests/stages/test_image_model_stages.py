@@ -13,7 +13,7 @@ from PIL import Image
 
 from tasks.classifier import classifier
 from tasks.clean import clean
-from tasks.errors import DataError
+from runtime.errors import DataError
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.preprocess import preprocess

@@ -10,13 +10,13 @@ import time
 
 import pytest
 
-from tasks.lock import LOCK_FILE, TOKEN_ENV, Busy, run_lock
+from runtime.lock import LOCK_FILE, TOKEN_ENV, Busy, run_lock
 from tests.conftest import REPO_ROOT
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from tasks.lock import run_lock
+from runtime.lock import run_lock
 with run_lock(Path(sys.argv[1]), "test holder"):
     print("held", flush=True)
     time.sleep(60)
@@ -52,7 +52,7 @@ def test_processes_started_by_the_holder_pass_through(tmp_path):
     with run_lock(tmp_path, "flow"):
         token = os.environ[TOKEN_ENV]
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        code = "import sys; from pathlib import Path; from tasks.lock import run_lock\n" \
+        code = "import sys; from pathlib import Path; from runtime.lock import run_lock\n" \
                "with run_lock(Path(sys.argv[1]), 'child'): print('ok')"
         out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
                              check=True)

@@ -16,13 +16,17 @@ import torch
 
 from models.base import CONFIG_FILE, WEIGHTS_FILE, load_generator
 from tasks.clean import clean
-from tasks.evaluate import CONTINUATIONS_FILE, SAMPLES_FILE, evaluate
+from config.catalog import CONTINUATIONS_FILE, SAMPLES_FILE
+from tasks.evaluate import evaluate
 from tasks.ingest import ingest
-from tasks.io import read_json, read_jsonl
-from tasks.params import parse_params
-from tasks.preprocess import META_FILE, preprocess
-from tasks.register import CHALLENGER, CHAMPION, register
-from tasks.train import RUN_FILE, train
+from runtime.io import read_json, read_jsonl
+from config.params import parse_params
+from config.catalog import META_FILE
+from tasks.preprocess import preprocess
+from registry.gate import CHALLENGER, CHAMPION
+from tasks.register import register
+from config.catalog import RUN_FILE
+from tasks.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -112,7 +116,7 @@ def test_train_writes_model_metrics_and_loss_curve_then_resumes_to_identical_wei
 
     weights = (out / WEIGHTS_FILE).read_bytes()
     caplog.clear()
-    with caplog.at_level("INFO", logger="tasks.train"):
+    with caplog.at_level("INFO"):
         again = train(params)  # same inputs: resumes from the final checkpoint, nothing left to do
     assert any("resuming" in r.getMessage() and "step 4" in r.getMessage() for r in caplog.records)
     assert (out / WEIGHTS_FILE).read_bytes() == weights
@@ -182,7 +186,7 @@ def test_evaluate_on_a_test_split_shorter_than_one_prompt_reports_null_text_scor
     params = staged(evaluate={"prompt_tokens": 100_000, "continuation_tokens": 100_000})
     train(params)
 
-    with caplog.at_level("INFO", logger="tasks.evaluate"):  # the summary line must render with null scores
+    with caplog.at_level("INFO"):  # the summary line must render with null scores
         metrics = evaluate(params)
 
     assert metrics["bleu"] is None and metrics["rouge_l"] is None  # JSON null, not NaN
@@ -276,7 +280,7 @@ def test_register_without_a_value_for_the_promote_metric_names_a_challenger_but_
 
 
 def test_a_diverged_run_exports_nothing_and_says_how_to_fix_it(project, staged):
-    from tasks.errors import UserError
+    from runtime.errors import UserError
 
     params = staged(train={"lr": 1e30, "grad_clip": 0.0, "max_steps": 4, "eval_interval": 2})
     with pytest.raises(UserError, match="training diverged.*lower train.lr"):
@@ -291,7 +295,7 @@ def hf_checkpoint(directory: Path, corpus_dir: Path) -> Path:
     """Save a tiny GPT-2 and a BPE tokenizer trained on `corpus_dir` as a Hugging Face model directory."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tasks.preprocess import train_tokenizer
+    from dataprep.tokenize import train_tokenizer
 
     texts = [json.loads(line)["text"] for line in (corpus_dir / "corpus.jsonl").read_text().splitlines()]
     tok = train_tokenizer(texts, 300)
@@ -305,7 +309,7 @@ def hf_checkpoint(directory: Path, corpus_dir: Path) -> Path:
 def test_init_from_a_hugging_face_directory_uses_its_tokenizer_and_weights(project, staged, tmp_path_factory):
     from transformers import GPT2LMHeadModel
 
-    from tasks.train import Trainer
+    from training.trainer import Trainer
 
     project.write_corpus()
     ckpt = hf_checkpoint(tmp_path_factory.mktemp("hf"), project.path("data", "inputs"))
@@ -352,7 +356,7 @@ def test_finetuning_the_registered_champion_beats_training_from_scratch(project,
     ("models:/never-registered@champion", "not found in the registry"),
 ])
 def test_bad_init_from_is_a_one_line_error_naming_it(project, staged, spec, message):
-    from tasks.errors import DataError
+    from runtime.errors import DataError
 
     project.path("empty-dir").mkdir()
     llama = project.path("llama-dir")
@@ -369,7 +373,7 @@ def test_bad_init_from_is_a_one_line_error_naming_it(project, staged, spec, mess
 
 
 def test_init_from_is_refused_for_recurrent_generators(project):
-    from tasks.errors import ParamsError
+    from runtime.errors import ParamsError
 
     with pytest.raises(ParamsError, match="model.init_from.*gpt generator only"):
         project.make_params(model={"name": "lstm", "init_from": "models:/x@champion"})
@@ -398,7 +402,7 @@ def test_lora_trains_adapters_only_and_both_exports_serve_the_same_text(project,
 
 
 def test_lora_on_modules_the_model_lacks_is_a_one_line_error(project, staged):
-    from tasks.errors import DataError
+    from runtime.errors import DataError
 
     params = staged(model={"lora": {"target_modules": ["q_proj", "v_proj"]}})
     with pytest.raises(DataError, match=r"model.lora.target_modules: \['q_proj', 'v_proj'\] not found"):

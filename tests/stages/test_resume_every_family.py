@@ -23,8 +23,8 @@ import pytest
 from models.base import WEIGHTS_FILE
 from tasks.clean import clean
 from tasks.ingest import ingest
-from tasks.io import read_json
-from tasks.params import parse_params
+from runtime.io import read_json
+from config.params import parse_params
 from tasks.preprocess import preprocess
 from tasks.train import train
 from tests.conftest import REPO_ROOT, TINY_IMAGE, Project, merge

@@ -9,16 +9,7 @@ import pickle
 import pytest
 import torch
 
-from tasks.checkpoint import (
-    MODEL_FILE,
-    STATE_FILE,
-    TENSORS_FILE,
-    flatten,
-    load_checkpoint,
-    previous_checkpoint,
-    save_checkpoint,
-    unflatten,
-)
+from training.checkpoint import MODEL_FILE, STATE_FILE, TENSORS_FILE, flatten, load_checkpoint, previous_checkpoint, save_checkpoint, unflatten
 
 
 def json_round_trip(obj, prefix="state"):
@@ -152,7 +143,7 @@ def test_saving_again_replaces_the_checkpoint(tmp_path):
 
 
 def test_missing_checkpoint_returns_none_quietly(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="tasks.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="training.checkpoint"):
         assert load_checkpoint(tmp_path / "nope", make_model(0)) is None  # a fresh run: nothing to resume
         (tmp_path / "empty").mkdir()
         assert load_checkpoint(tmp_path / "empty", make_model(0)) is None
@@ -179,7 +170,7 @@ def test_damaged_checkpoint_is_rejected_with_a_warning(tmp_path, caplog, damage,
     fresh = make_model(1)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
 
-    with caplog.at_level(logging.WARNING, logger="tasks.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="training.checkpoint"):
         assert load_checkpoint(tmp_path / "last", fresh) is None
 
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -194,7 +185,7 @@ def test_unreadable_state_file_is_rejected_with_a_warning(tmp_path, caplog, cont
     model = make_model(0)
     save_checkpoint(tmp_path / "last", model, {"step": 1})
     (tmp_path / "last" / STATE_FILE).write_text(content)
-    with caplog.at_level(logging.WARNING, logger="tasks.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="training.checkpoint"):
         assert load_checkpoint(tmp_path / "last", make_model(1)) is None
     assert any(r.levelno == logging.WARNING for r in caplog.records)
 
@@ -206,7 +197,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     save_checkpoint(tmp_path / "last", make_model(2), {"step": 10})
     damage(tmp_path / "last" / MODEL_FILE)
     fresh = make_model(1)
-    with caplog.at_level(logging.WARNING, logger="tasks.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="training.checkpoint"):
         assert load_checkpoint(tmp_path / "last", fresh) == {"step": 5}
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
     assert "ignoring checkpoint" in caplog.text and "using the previous checkpoint" in caplog.text

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.base import GENERATORS, load_generator
+from models.base import load_generator
 from models.dcgan import CDCGAN, DCGAN, DCGANConfig
-from tasks.params import TrainParams
-from tasks.train import Optimizers
+from config.params import TrainParams
+from training.trainer import Optimizers
 
 CPU = torch.device("cpu")
 N_Z = 8
@@ -129,7 +129,6 @@ def test_cdcgan_samples_the_requested_labels_and_checks_them():
 
 @pytest.mark.parametrize("cls", FAMILIES)
 def test_save_and_load_round_trip(cls, tmp_path, monkeypatch):
-    monkeypatch.setitem(GENERATORS, cls.name, f"models.dcgan:{cls.__name__}")
     model = make(cls)
     train(model, *halves(64), steps=2)  # moves the BatchNorm running statistics off their defaults
     model.save(tmp_path)

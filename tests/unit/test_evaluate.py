@@ -11,7 +11,7 @@ import torch
 
 from models.gpt import GPT, GPTConfig
 from models.base import scoring_windows
-from tasks.evaluate import bits_per_byte, prompt_offsets, text_scores
+from evaluation.scoring import bits_per_byte, prompt_offsets, text_scores
 
 CPU = torch.device("cpu")
 

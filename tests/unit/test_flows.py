@@ -10,9 +10,9 @@ import pytest
 
 from flows.experiments import best_version, exp_name, set_args, validate_sets
 from flows.report import report_markdown, sweep_markdown
-from tasks.errors import ParamsError
-from tasks.lineage import lock_digest
-from tasks.params import apply_overrides, parse_params, state_root
+from runtime.errors import ParamsError
+from registry.lineage import lock_digest
+from config.params import apply_overrides, parse_params, state_root
 
 ROOT = Path("/proj")
 

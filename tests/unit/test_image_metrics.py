@@ -12,19 +12,7 @@ import torch
 from PIL import Image
 
 from models.classifier import ClassifierConfig, fit_classifier
-from tasks.image_metrics import (
-    class_accuracy,
-    density_coverage,
-    fid_floor,
-    frechet_distance,
-    grid_png,
-    image_scores,
-    inception_score,
-    kernel_distance,
-    precision_recall,
-    to_uint8,
-    to_unit,
-)
+from evaluation.image_metrics import class_accuracy, density_coverage, fid_floor, frechet_distance, grid_png, image_scores, inception_score, kernel_distance, precision_recall, to_uint8, to_unit
 from tests.image_data import digits
 
 # ---------------------------------------------------------------------------------------------- pixel convention
@@ -224,7 +212,7 @@ def test_class_accuracy_is_high_for_true_labels_and_chance_for_shuffled_ones(dat
 
 
 def test_nearest_neighbours_agree_with_brute_force_and_can_skip_self():
-    from tasks.image_metrics import nearest_neighbours
+    from evaluation.image_metrics import nearest_neighbours
 
     gen = torch.Generator().manual_seed(0)
     ref, queries = torch.randn(50, 4, generator=gen), torch.randn(7, 4, generator=gen)
@@ -237,7 +225,7 @@ def test_nearest_neighbours_agree_with_brute_force_and_can_skip_self():
 
 
 def test_copies_of_training_images_are_flagged_and_fresh_samples_are_not():
-    from tasks.image_metrics import copy_report
+    from evaluation.image_metrics import copy_report
 
     gen = torch.Generator().manual_seed(1)
     train, fresh, held_out = (torch.randn(n, 8, generator=gen) for n in (400, 200, 200))
@@ -254,7 +242,7 @@ def test_copies_of_training_images_are_flagged_and_fresh_samples_are_not():
 
 
 def test_copy_report_threshold_from_a_subsample_matches_the_full_one():
-    from tasks.image_metrics import copy_report
+    from evaluation.image_metrics import copy_report
 
     gen = torch.Generator().manual_seed(2)
     train, fake = torch.randn(3000, 4, generator=gen), torch.randn(300, 4, generator=gen)
@@ -264,7 +252,7 @@ def test_copy_report_threshold_from_a_subsample_matches_the_full_one():
 
 
 def test_feature_spread_falls_towards_zero_as_samples_collapse():
-    from tasks.image_metrics import feature_spread
+    from evaluation.image_metrics import feature_spread
 
     gen = torch.Generator().manual_seed(3)
     real, same = torch.randn(500, 8, generator=gen), torch.randn(500, 8, generator=gen)

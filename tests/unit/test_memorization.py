@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-import tasks.memorization as memo
-from tasks.memorization import Match, SpanIndex, distinct_n, diversity, memorization, repetition_rate
+import evaluation.memorization as memo
+from evaluation.memorization import Match, SpanIndex, distinct_n, diversity, memorization, repetition_rate
 
 L = 20  # min_chars of the planted-span tests
 

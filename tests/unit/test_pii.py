@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from tasks.pii import _COUNTRY_CODES, KINDS, PLACEHOLDER, Finding, find_pii, luhn_valid, redact
+from dataprep.pii import _COUNTRY_CODES, KINDS, PLACEHOLDER, Finding, find_pii, luhn_valid, redact
 
 PLANTED = {
     "email": [

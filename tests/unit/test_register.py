@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.register import should_promote
+from registry.gate import should_promote
 
 NAN, INF = float("nan"), float("inf")
 
@@ -61,7 +61,7 @@ def test_the_margin_is_absolute_in_metric_units():
 def test_a_sqlite_tracking_store_is_switched_to_write_ahead_logging(tmp_path):
     import sqlite3
 
-    from tasks.tracking import use_wal
+    from registry.tracking import use_wal
 
     path = tmp_path / "mlflow.db"
     sqlite3.connect(path).close()

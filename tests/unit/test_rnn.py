@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from models.base import load_generator
 from models.rnn import GRU, LSTM, RNNConfig
-from tasks.errors import DataError
-from tasks.train import StreamWindows
+from runtime.errors import DataError
+from training.trainer import StreamWindows
 
 CPU = torch.device("cpu")
 FAMILIES = [LSTM, GRU]

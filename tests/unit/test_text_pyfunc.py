@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from models.text_pyfunc import DEFAULTS, MAX_NEW_TOKENS, request_settings
+from serving.text_pyfunc import DEFAULTS, MAX_NEW_TOKENS, request_settings
 
 NAN = float("nan")
 

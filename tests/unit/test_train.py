@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.errors import DataError, ParamsError
-from tasks.params import TrainParams
-from tasks.train import TokenWindows, lr_at, pick_device, run_key
+from runtime.errors import DataError, ParamsError
+from config.params import TrainParams
+from runtime.device import pick_device
+from training.trainer import TokenWindows, lr_at, run_key
 
 CPU = torch.device("cpu")
 

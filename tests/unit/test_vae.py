@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from models.base import GENERATORS, load_generator
+from models.base import load_generator
 from models.vae import DECODER_STD, VAE, VAEConfig
-from tasks.params import TrainParams
-from tasks.train import Optimizers
+from config.params import TrainParams
+from training.trainer import Optimizers
 
 CPU = torch.device("cpu")
 from tests.image_data import contrast, halves
@@ -119,7 +119,6 @@ def test_training_is_bit_exact_for_a_seed():
 
 
 def test_save_and_load_round_trip(tmp_path, monkeypatch):
-    monkeypatch.setitem(GENERATORS, "vae", "models.vae:VAE")
     model = make(beta=2.0)
     model.save(tmp_path)
     loaded = load_generator(tmp_path)

@@ -1,6 +1,6 @@
 """Evaluation cost at scale: FID, KID and Inception Score on 10,000 images, and perplexity scoring tokens/s.
 
-Images: `tasks.image_metrics` on 10,000 real digits against 10,000 perturbed ones, in the feature space of a
+Images: `evaluation.image_metrics` on 10,000 real digits against 10,000 perturbed ones, in the feature space of a
 `models.classifier.Classifier` with the default `classifier` params, trained (`fit_classifier`) on the 1,797
 scikit-learn digits upscaled to 16x16 as the tests' `digits()` does. Only 1,797 digits exist, so the real set
 draws 10,000 of them with replacement; the "generated" set is another such draw, shifted by up to 2 pixels and with
@@ -13,7 +13,7 @@ Text: `score_stream` (the evaluate stage's perplexity pass) of the default GPT (
 the default corpus) at `evaluate.batch_size`, over the test split and over 100,000 tokens of the train split, after
 `dvc repro preprocess` in the clone. The GPT is freshly initialised: scoring cost does not depend on the weights.
 
-Code under test: a fresh clone of the last commit (sharing this venv). Usage: python bench/evaluation.py
+Code under test: a fresh clone of the last commit (sharing this venv). Usage: python bench/evaluation_cost.py
 (writes bench/results/evaluation.json)
 """
 
@@ -67,8 +67,8 @@ class Clock:
 
 def image_metrics(params) -> dict:
     """Time each metric, and `image_scores`, on N_IMAGES real vs N_IMAGES perturbed digits."""
+    from evaluation import image_metrics as im
     from models.classifier import ClassifierConfig, embed, fit_classifier
-    from tasks import image_metrics as im
     from tests.image_data import digits
 
     cfg, ev = params.classifier, params.evaluate
@@ -113,8 +113,9 @@ def image_metrics(params) -> dict:
 
 def perplexity(params, data_dir: Path) -> dict:
     """Time `score_stream` of the default GPT on the test split and on N_TOKENS train tokens."""
-    from tasks.preprocess import META_FILE, load_tokens
-    from tasks.train import build_model
+    from config.catalog import META_FILE
+    from dataprep.tokenize import load_tokens
+    from training.trainer import build_model
 
     meta = json.loads((data_dir / META_FILE).read_text())
     model = build_model(params, meta).eval()
@@ -142,7 +143,7 @@ def main() -> None:
     log.info("dvc repro preprocess (the default corpus and tokenizer)...")
     run(["dvc", "repro", "preprocess"], clone, stage_env(clone))
     import_from(clone)
-    from tasks.params import load_params
+    from config.params import load_params
 
     params = load_params(clone / "params.yaml")
     figures = {"images": image_metrics(params), "perplexity": perplexity(params, params.preprocess.out_dir)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from tasks.params import RegisterParams
+from config.params import RegisterParams
 
 log = logging.getLogger(__name__)
 

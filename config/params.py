@@ -20,22 +20,22 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
-from tasks.errors import ParamsError
+from models.registry import GENERATORS, MODALITIES, Modality, declaration
+from runtime.errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
 
 
 STAGES = ("ingest", "clean", "preprocess", "classifier", "train", "evaluate", "register")  # dvc.yaml order
 
-# Every generator `model.name` can choose, and the kind of data it generates. The modality picks the sources
-# ingest reads, the metrics evaluate computes and the registered model's default name.
-MODALITY: dict[str, str] = {"gpt": "text", "lstm": "text", "gru": "text",
-                            "dcgan": "image", "cdcgan": "image", "vae": "image", "ddpm": "image"}
-GeneratorName = Literal["gpt", "lstm", "gru", "dcgan", "cdcgan", "vae", "ddpm"]
+# Every generator `model.name` can choose, from the registry (models/registry.py, torch-free): its modality picks
+# the sources ingest reads, the metrics evaluate computes and the registered model's default name.
+GeneratorName = Literal[tuple(GENERATORS)]  # type: ignore[valid-type]
 
 
 def _resolve(value: Path, info: ValidationInfo) -> Path:
@@ -235,16 +235,9 @@ class DDPMParams(GeneratorSection):
         return self
 
 
-class ModelParams(Section):
-    # The generator; its hyper-parameters are in the section so named.
+class _ModelSection(Section):
+    # The generator; its hyper-parameters are in the section so named (one per registered generator, added below).
     name: GeneratorName = "gpt"
-    gpt: GPTParams = Field(default_factory=dict)
-    lstm: RNNParams = Field(default_factory=dict)
-    gru: RNNParams = Field(default_factory=dict)
-    dcgan: DCGANParams = Field(default_factory=dict)
-    cdcgan: DCGANParams = Field(default_factory=dict)
-    vae: VAEParams = Field(default_factory=dict)
-    ddpm: DDPMParams = Field(default_factory=dict)
     # Start from a checkpoint instead of random weights (gpt only): models:/NAME@alias or models:/NAME/VERSION,
     # a local genpipe or Hugging Face model directory, or a hub id (online). Its tokenizer replaces preprocess's.
     init_from: str | None = None
@@ -255,8 +248,10 @@ class ModelParams(Section):
     @classmethod
     def _init_from_family(cls, value: str | None, info: ValidationInfo) -> str | None:
         name = info.data.get("name")
-        if value is not None and name != "gpt":
-            raise ValueError(f"supported for the gpt generator only (model.name is {name!r})")
+        if value is not None and name is not None and not declaration(name).pretrained:
+            able = [d.name for d in GENERATORS.values() if d.pretrained]
+            raise ValueError(f"supported for the {', '.join(able)} generator{'s' * (len(able) > 1)} only "
+                             f"(model.name is {name!r})")
         return value
 
     @property
@@ -265,9 +260,14 @@ class ModelParams(Section):
         return getattr(self, self.name)
 
     @property
-    def modality(self) -> str:
-        """Return "text" or "image": what the chosen generator generates."""
-        return MODALITY[self.name]
+    def modality(self) -> Modality:
+        """Return what the chosen generator generates (models.registry.TEXT or IMAGE)."""
+        return declaration(self.name).modality
+
+
+# `model`: the choice, plus one section per registered generator, of the params class its declaration names.
+ModelParams = create_model("ModelParams", __base__=_ModelSection, **{
+    name: (globals()[decl.params], Field(default_factory=dict)) for name, decl in GENERATORS.items()})
 
 
 class TrainParams(Section):
@@ -345,14 +345,6 @@ class ClassifierParams(Section):
     metrics_path: ProjectPath = Path("metrics/classifier.json")
 
 
-# Metrics the champion gate can compare, by modality, and whether larger is better.
-PROMOTE_METRICS: dict[str, dict[str, bool]] = {
-    "text": {"test_bpb": False, "test_perplexity": False, "bleu": True, "rouge_l": True},
-    "image": {"fid": False, "kid": False, "inception_score": True, "precision": True, "recall": True},
-}
-DEFAULT_PROMOTE_METRIC = {"text": "test_bpb", "image": "fid"}
-
-
 class RegisterParams(Section):
     # The registered model; null: text-generator or image-generator, by the chosen generator's modality.
     model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -387,7 +379,7 @@ class RegisterParams(Section):
 
     @property
     def greater_is_better(self) -> bool:
-        return {**PROMOTE_METRICS["text"], **PROMOTE_METRICS["image"]}[self.promote_metric]
+        return {k: v for m in MODALITIES.values() for k, v in m.promote_metrics.items()}[self.promote_metric]
 
 
 class FlowParams(Section):
@@ -466,13 +458,13 @@ with warnings.catch_warnings():
                     raise ValueError(f"{key}: {err['msg'].removeprefix('Value error, ')}") from None
             reg = self.register
             if reg.model_name is None:
-                object.__setattr__(reg, "model_name", f"{modality}-generator")
+                object.__setattr__(reg, "model_name", modality.registry_name)
             if reg.promote_metric is None:
-                object.__setattr__(reg, "promote_metric", DEFAULT_PROMOTE_METRIC[modality])
-            elif reg.promote_metric not in PROMOTE_METRICS[modality]:
+                object.__setattr__(reg, "promote_metric", modality.default_metric)
+            elif reg.promote_metric not in modality.promote_metrics:
                 raise ValueError(f"register.promote_metric: {reg.promote_metric!r} is not a metric of {modality} "
                                  f"generators ({self.model.name}); allowed values: "
-                                 f"{', '.join(PROMOTE_METRICS[modality])}")
+                                 f"{', '.join(modality.promote_metrics)}")
             return self
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.params import Params, RegisterParams
+from config.params import Params, RegisterParams
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ LIMITS = {
 def model_card(*, params: Params, name: str, metrics: dict[str, Any], train_metrics: dict[str, Any],
                guard_list: list[Guard], lineage: dict[str, str], data: str, samples: list[str]) -> str:
     """Return the model card: the model, its scores and guards, samples, lineage, use and limits, the data card."""
-    modality = params.model.modality
+    modality = params.model.modality.name
     arch = params.model.hparams.architecture()
     lines = [f"# Model card: {name}", "",
              (f"Generator `{params.model.name}` ({modality}), initialised from {params.model.init_from or 'scratch'}"

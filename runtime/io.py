@@ -65,7 +65,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def _missing_input(path: Path) -> Exception:
-    from tasks.errors import DataError
+    from runtime.errors import DataError
 
     return DataError(f"input {path} does not exist: run the stages before this one first (`dvc repro`)")
 

@@ -34,10 +34,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from tasks.errors import ParamsError, UserError
+from runtime.errors import ParamsError, UserError
 
 if TYPE_CHECKING:
-    from tasks.params import Params
+    from config.params import Params
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ def launch(params: Params) -> None:
 
     A failed worker is reported as one line naming its rank and error (the first rank to fail; the others fail
     after it or are stopped by torchrun). The caller's run lock is passed on to the workers: it exports a token
-    they recognise (see tasks.lock); called without it held, this takes it."""
-    from tasks.lock import run_lock
+    they recognise (see runtime.lock); called without it held, this takes it."""
+    from runtime.lock import run_lock
 
     n = params.train.nproc
     code_root = str(Path(__file__).resolve().parents[1])  # the workers import this code, whatever the project
@@ -147,7 +147,7 @@ def launch(params: Params) -> None:
 def _first_failure(errors: Path, n: int, code: int) -> UserError:
     """Return the error that stopped the workers, from their reports (`worker`): the first error of a rank's own;
     else the ranks that reported nothing (killed by a signal: the others then lost contact or were stopped)."""
-    import tasks.errors
+    import runtime.errors
 
     reports = []
     for path in errors.glob("rank*.json"):
@@ -156,7 +156,7 @@ def _first_failure(errors: Path, n: int, code: int) -> UserError:
     own = [r for r in reports if r["type"] not in COLLATERAL]
     if own:
         first = min(own, key=lambda r: r["time"])
-        cls = getattr(tasks.errors, first["type"], None)
+        cls = getattr(runtime.errors, first["type"], None)
         if not (isinstance(cls, type) and issubclass(cls, UserError)):
             cls = UserError
         return cls(f"rank {first['rank']} of {n}: {first['error']}")
@@ -178,7 +178,9 @@ def worker(world: World, params: Params) -> Iterator[None]:
     for the launcher to show in one line, and leave the process group on the way out."""
     _die_with_parent(signal.SIGKILL)()  # torchrun gone: stop at once
     if not world.main:  # one copy of the progress log: rank 0's
-        for name in ("tasks", "models", "__main__"):
+        from runtime import PACKAGES
+
+        for name in (*PACKAGES, "__main__"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
     def stopped(signum: int, frame: Any) -> None:  # by torchrun, once another worker failed: say so, then go

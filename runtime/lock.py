@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from tasks.errors import UserError
+from runtime.errors import UserError
 
 LOCK_FILE = Path(".genpipe") / "run.lock"
 TOKEN_ENV = "GENPIPE_LOCK_TOKEN"  # set by the holder for its child processes

@@ -14,12 +14,11 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from config.catalog import TOKENIZER_FILE
+from config.params import Params
 from models.base import CONFIG_FILE
-from tasks.errors import DataError
-from tasks.io import read_json
-from tasks.params import Params
-
-TOKENIZER_FILE = "tokenizer.json"
+from runtime.errors import DataError
+from runtime.io import read_json
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ def _from_registry(spec: str, params: Params) -> Pretrained:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from tasks.tracking import connect
+    from registry.tracking import connect
 
     connect(params.register)
     try:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from tasks.io import sha256_file
+from runtime.io import sha256_file
 
 log = logging.getLogger(__name__)
 

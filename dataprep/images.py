@@ -6,7 +6,7 @@ plus `classes.json` (class names, by label). Ingest stores the bytes as read, un
 corrupt file is found, dropped and counted. Clean re-encodes every kept image as PNG in one colour mode.
 
 Preprocess turns the clean pack into one memory-mappable uint8 array per split, (N, C, S, S), plus int64 labels;
-models see `x / 127.5 - 1` (see `tasks.image_metrics.to_unit`).
+models see `x / 127.5 - 1` (see `evaluation.image_metrics.to_unit`).
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import DataError
-from tasks.io import sha256_bytes
+from config.catalog import PACK_BLOBS, PACK_CLASSES, PACK_INDEX
+from runtime.errors import DataError
+from runtime.io import sha256_bytes
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 ARRAY_SUFFIXES = {".npy", ".npz"}
 EMBEDDED_IMAGES = {"embedded:digits"}
-PACK_BLOBS, PACK_INDEX, PACK_CLASSES = "images.bin", "index.jsonl", "classes.json"
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def read_image_folder(path: Path, pattern: str) -> list[RawImage]:
 
 def read_hf_images(spec: str, image_field: str, label_field: str) -> tuple[list[RawImage], bytes]:
     """A Hugging Face image dataset: a hub id (online) or a directory written by `Dataset.save_to_disk`."""
-    from tasks.ingest import load_hf_dataset
+    from dataprep.sources import load_hf_dataset
 
     ds = load_hf_dataset(spec, image_field)
     names = None

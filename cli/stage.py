@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import logging
@@ -10,8 +11,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tasks.errors import UserError
-from tasks.params import Params, load_params
+from config.params import PARAMS_FILE, Params, load_params
+from runtime import PACKAGES
+from runtime.errors import UserError
 
 log = logging.getLogger("tasks")
 
@@ -20,24 +22,43 @@ DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # a write failed for lack
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Log the project's records (`tasks`, `flows`, `models`) to stderr as one line each.
+    """Log the project's records (every package in `PACKAGES`) to stderr as one line each.
 
     Levels are set on the project's loggers, not only the root: Prefect sets the root logger to WARNING and
     attaches its own handlers (console and UI) to the loggers named in PREFECT_LOGGING_EXTRA_LOGGERS."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for name in ("tasks", "flows", "models", "__main__"):
+    for name in (*PACKAGES, "__main__"):
         logging.getLogger(name).setLevel(level)
     for noisy in ("httpx", "urllib3", "alembic", "mlflow", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main(stage: Callable[[Params], Any]) -> None:
-    """Load params.yaml, run one stage, and turn user errors into a one-line message and a non-zero exit."""
-    from tasks.lock import run_lock
+EXIT_CODES = ("exit status: 0 done; 1 bad data, sources or a full disk; 2 bad params; 3 another run holds the "
+              "workspace lock")
 
+
+def parser_for(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """Return the argument parser of an entry point: its docstring as help, `--params PATH`, the exit codes."""
+    return argparse.ArgumentParser(prog=prog, description=(doc or "").strip(), epilog=EXIT_CODES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def main(stage: Callable[[Params], Any], argv: list[str] | None = None) -> None:
+    """Parse the command line, load params, run one stage, and turn user errors into one line and a non-zero exit.
+
+    `--help` prints the stage's description and exits 0 without loading params or running anything."""
+    from runtime.lock import run_lock
+
+    argv = sys.argv[1:] if argv is None else argv
+    doc = sys.modules[stage.__module__].__doc__
+    parser = parser_for(f"python -m tasks.{stage.__name__}", doc)
+    parser.add_argument("--params", default=PARAMS_FILE, metavar="PATH",
+                        help="the params file (default: params.yaml here); relative paths in it resolve against its "
+                             "folder")
+    args = parser.parse_args(argv)
     setup_logging()
     try:
-        params = load_params()
+        params = load_params(args.params)
         # Data-parallel workers under torchrun: local rank 0 takes (or, started by the train stage, passes through)
         # the lock for its machine; the others train beside it.
         lock = run_lock(params.root, f"stage {stage.__name__} (`python -m tasks.{stage.__name__}`)")

@@ -1,0 +1,1 @@
+"""MLflow: tracking connection, lineage tags, data and model cards, the champion gate."""

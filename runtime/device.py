@@ -1,0 +1,25 @@
+"""Where tensors live: the device `train.device` asks for, and the autocast dtype `train.precision` gives."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pick_device(requested: str) -> torch.device:
+    """Resolve `train.device`: auto prefers CUDA, then MPS, then CPU; an explicit device must exist."""
+    from runtime.errors import ParamsError
+
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if requested == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (requested == "cuda" and not cuda) or (requested == "mps" and not mps):
+        raise ParamsError(f"train.device: {requested!r} is not available on this machine; allowed values: auto, cpu"
+                          + (", cuda" if cuda else "") + (", mps" if mps else ""))
+    return torch.device(requested)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype: bf16 on CUDA under `auto`, none (fp32) elsewhere."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None

@@ -1,0 +1,102 @@
+"""One contract for every registered generator: its declaration, its params section and its class agree.
+
+Adding a family means a file in models/, one line in models/registry.py and a params section class; this test is
+parametrised over the registry, so the new family is checked without editing any test."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import config.params as params_module
+from models.base import Generator, ImageGenerator, TextGenerator, generator_class
+from models.registry import GENERATORS, IMAGE, TEXT, declaration
+from serving.signatures import requirements
+from training.trainer import DATA_FIELDS
+
+NAMES = list(GENERATORS)
+
+
+def config_defaults(cls) -> dict:
+    out = {}
+    for f in dataclasses.fields(cls.Config):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_class_takes_its_name_and_capabilities_from_its_declaration(name):
+    decl, cls = declaration(name), generator_class(name)
+    assert issubclass(cls, TextGenerator if decl.modality is TEXT else ImageGenerator)
+    assert (cls.name, cls.modality, cls.declaration) == (name, decl.modality.name, decl)
+    assert (cls.stateful, cls.conditional, cls.select_best) == (decl.stateful, decl.conditional, decl.select_best)
+    assert decl.reconstructs == hasattr(cls, "reconstruct")
+    assert decl.pretrained == hasattr(cls, "from_hf")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_params_section_has_the_config_dataclass_defaults(name):
+    """The section params.yaml validates and the dataclass that builds the model hold one set of defaults."""
+    section = getattr(params_module, declaration(name).params)
+    defaults = config_defaults(generator_class(name))
+    for key, field in section.model_fields.items():
+        if key == "train":
+            continue
+        assert key in defaults, f"model.{name}.{key} builds nothing: {generator_class(name).__name__}.Config lacks it"
+        value = field.get_default(call_default_factory=True)
+        expected = defaults[key]
+        assert (tuple(value) if isinstance(value, list) else value) == expected, f"model.{name}.{key}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_params_schema_offers_every_registered_generator(name):
+    params = params_module.parse_params({"model": {"name": name}}, root=params_module.Path("."))
+    assert params.model.modality is declaration(name).modality
+    assert params.register.model_name == f"{declaration(name).modality.name}-generator"
+    assert params.register.promote_metric == declaration(name).modality.default_metric
+    section = params.model.hparams
+    assert isinstance(section, getattr(params_module, declaration(name).params))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_logged_model_requires_its_modality_and_generator_packages(name):
+    decl = declaration(name)
+    pins = [r.split("==")[0] for r in requirements(decl)]
+    assert pins == [*decl.modality.requirements, *decl.requirements]
+    assert all("==" in r for r in requirements(decl))
+
+
+def test_init_from_is_refused_for_generators_that_do_not_declare_it():
+    with pytest.raises(params_module.ParamsError, match="model.init_from: supported for the gpt generator only"):
+        params_module.parse_params({"model": {"name": "lstm", "init_from": "gpt2"}}, root=params_module.Path("."))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_tiny_instance_samples_from_an_explicit_generator(name):
+    cls = generator_class(name)
+    data = {"vocab_size": 50, "eot_id": 0, "image_size": 8, "channels": 1, "n_classes": 3}
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    model = cls(cls.Config(**{k: v for k, v in data.items() if k in fields and k in DATA_FIELDS}))
+    assert isinstance(model, Generator)
+    model.eval()
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    kwargs = {"max_new_tokens": 4} if decl_is_text(name) else {"steps": 2} if name == "ddpm" else {}
+    a, b = model.sample(2, generator=gen(), **kwargs), model.sample(2, generator=gen(), **kwargs)
+    assert torch.equal(a, b)
+    if decl_is_text(name):
+        assert a.shape == (2, 4) and int(a.max()) < 50
+    else:
+        assert a.shape == (2, 1, 8, 8) and float(a.min()) >= -1 and float(a.max()) <= 1
+
+
+def decl_is_text(name: str) -> bool:
+    return declaration(name).modality is TEXT
+
+
+def test_the_modalities_cover_the_registry():
+    assert {d.modality for d in GENERATORS.values()} == {TEXT, IMAGE}

@@ -1,0 +1,1 @@
+"""The generic trainer every generator uses: batches, optimizers, schedule, checkpoints, data parallelism, pretrained starts."""
