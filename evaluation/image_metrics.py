@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.classifier import Classifier, FeatureExtractor, LogitsExtractor, embed, to_uint8, to_unit
+from models.base import to_uint8, to_unit
+from models.classifier import Classifier, FeatureExtractor, LogitsExtractor, embed
 
 __all__ = [
     "class_accuracy",

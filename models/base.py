@@ -188,6 +188,23 @@ def eval_mode(module: nn.Module):
         module.train(was_training)
 
 
+# ---------------------------------------------------------------------------------------------- pixel convention
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """Map uint8 pixels [0, 255] to float32 in [-1, 1] (x / 127.5 - 1), the generators' convention."""
+    if x.dtype != torch.uint8:
+        raise TypeError(f"to_unit expects uint8 pixels, got {x.dtype}")
+    return x.float() / 127.5 - 1
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Map float images in [-1, 1] to uint8 [0, 255] (clamped, rounded): the exact inverse of `to_unit`."""
+    if not x.is_floating_point():
+        raise TypeError(f"to_uint8 expects floating-point images in [-1, 1], got {x.dtype}")
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 class ImageGenerator(Generator):
     """A generator of images.
 

@@ -7,7 +7,7 @@ many GAN papers). Its scores are comparable only between runs that share one sav
 classifier is a versioned pipeline artifact and not retrained per generator.
 
 Image convention (shared with `models.base.ImageGenerator`): the network takes float32 (N, C, H, W) in [-1, 1];
-stored data is uint8 [0, 255], mapped by `to_unit` (x / 127.5 - 1) and back by `to_uint8`.
+stored data is uint8 [0, 255], mapped by `models.base.to_unit` (x / 127.5 - 1) and back by `to_uint8`.
 
 Data without class labels can still train an extractor on `rotation_task` (predict which of four rotations an
 image was given). Its "classes" are rotations, so Inception Score and class accuracy mean nothing then: an ideal
@@ -30,28 +30,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
+from models.base import to_unit
+
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "classifier.safetensors"
 CONFIG_FILE = "classifier.json"
 FORMAT_VERSION = 1  # bump when the architecture changes, so old files fail to load instead of loading wrongly
-
-
-# ---------------------------------------------------------------------------------------------- pixel convention
-
-
-def to_unit(x: Tensor) -> Tensor:
-    """Map uint8 pixels [0, 255] to float32 in [-1, 1] (x / 127.5 - 1), the generators' convention."""
-    if x.dtype != torch.uint8:
-        raise TypeError(f"to_unit expects uint8 pixels, got {x.dtype}")
-    return x.float() / 127.5 - 1
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """Map float images in [-1, 1] to uint8 [0, 255] (clamped, rounded): the exact inverse of `to_unit`."""
-    if not x.is_floating_point():
-        raise TypeError(f"to_uint8 expects floating-point images in [-1, 1], got {x.dtype}")
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def as_input(x: Tensor | np.ndarray) -> Tensor:

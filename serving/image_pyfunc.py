@@ -12,46 +12,36 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.pyfunc import PythonModel
 
+from serving.requests import bad_request, missing
+
 MAX_IMAGES = 256  # per request row; more is refused with HTTP 400
 MAX_STEPS = 1000
 MAX_SCALE = 16
 
 
-def _bad_request(message: str) -> Exception:
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _integer(row: dict[str, Any], key: str, default: int | None, low: int, high: int, allowed: str) -> int | None:
     value = row.get(key)
-    if _missing(value):
+    if missing(value):
         return default
     try:
         valid = float(value).is_integer() and low <= value <= high
     except (TypeError, ValueError):
         valid = False
     if not valid or isinstance(value, bool):
-        raise _bad_request(f"field {key!r}: {value!r} is invalid; expected {allowed}")
+        raise bad_request(f"field {key!r}: {value!r} is invalid; expected {allowed}")
     return int(value)
 
 
 def request_settings(row: dict[str, Any], n_classes: int, conditional: bool) -> dict[str, Any]:
     """Validate one request row; raise a 400-mapped error naming the bad field and what it accepts."""
-    if _missing(row.get("n")):
-        raise _bad_request("field 'n' is required: the number of images to generate")
+    if missing(row.get("n")):
+        raise bad_request("field 'n' is required: the number of images to generate")
     out = {"n": _integer(row, "n", None, 1, MAX_IMAGES, f"an integer in 1..{MAX_IMAGES}"),
            "seed": _integer(row, "seed", None, 0, 2**63 - 1, "an integer >= 0"),
            "steps": _integer(row, "steps", None, 1, MAX_STEPS, f"an integer in 1..{MAX_STEPS}"),
@@ -59,8 +49,8 @@ def request_settings(row: dict[str, Any], n_classes: int, conditional: bool) -> 
     if conditional:
         out["class_label"] = _integer(row, "class_label", None, 0, n_classes - 1,
                                       f"a class id in 0..{n_classes - 1}")
-    elif not _missing(row.get("class_label")):
-        raise _bad_request("field 'class_label': this generator is unconditional; omit the field")
+    elif not missing(row.get("class_label")):
+        raise bad_request("field 'class_label': this generator is unconditional; omit the field")
     else:
         out["class_label"] = None
     return out
@@ -98,6 +88,8 @@ class ImageGeneratorModel(PythonModel):
         import pandas as pd
         import torch
 
+        from models.base import to_uint8
+
         rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
         out: dict[str, list] = {"image": [], "index": [], "class_label": [], "seed": []}
         for row in rows:
@@ -110,7 +102,7 @@ class ImageGeneratorModel(PythonModel):
                           else torch.randint(self.n_classes, (s["n"],), generator=gen))
             with torch.no_grad():
                 images = self.model.sample(s["n"], generator=gen, labels=labels, steps=s["steps"])
-            pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+            pixels = to_uint8(images).cpu().numpy()
             for i, image in enumerate(pixels):
                 out["image"].append(png_base64(image, s["scale"]))
                 out["index"].append(i)

@@ -7,37 +7,27 @@ one row per prompt: `prompt` (required), `max_new_tokens`, `temperature`, `top_k
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.pyfunc import PythonModel
 
+from serving.requests import bad_request, missing
+
 MAX_NEW_TOKENS = 1024  # per request row; longer requests are refused with HTTP 400
 DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 50, "seed": None}
-
-
-def _bad_request(message: str) -> Exception:
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def request_settings(row: dict[str, Any]) -> dict[str, Any]:
     """Validate one request row into generation settings; raise a 400-mapped error naming the bad field."""
     prompt = row.get("prompt")
     if not isinstance(prompt, str):
-        raise _bad_request("field 'prompt' is required and must be a string")
+        raise bad_request("field 'prompt' is required and must be a string")
     out: dict[str, Any] = {"prompt": prompt}
     for key, default in DEFAULTS.items():
         value = row.get(key)
-        out[key] = default if _missing(value) else value
+        out[key] = default if missing(value) else value
     checks = {
         "max_new_tokens": lambda v: float(v).is_integer() and 1 <= v <= MAX_NEW_TOKENS,
         "temperature": lambda v: 0 <= v <= 100,
@@ -52,7 +42,7 @@ def request_settings(row: dict[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError):
             valid = False
         if not valid:
-            raise _bad_request(f"field {key!r}: {out[key]!r} is invalid; expected {allowed[key]}")
+            raise bad_request(f"field {key!r}: {out[key]!r} is invalid; expected {allowed[key]}")
     out["max_new_tokens"], out["top_k"] = int(out["max_new_tokens"]), int(out["top_k"])
     out["temperature"] = float(out["temperature"])
     out["seed"] = None if out["seed"] is None else int(out["seed"])

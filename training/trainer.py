@@ -21,7 +21,7 @@ from torch import Tensor
 from config.catalog import META_FILE, labels_file, split_file
 from config.params import Params, TrainParams
 from dataprep.tokenize import load_tokens
-from models.base import Generator, TextGenerator, generator_class, load_generator
+from models.base import Generator, TextGenerator, generator_class, load_generator, to_unit
 from runtime.device import autocast_dtype, pick_device
 from runtime.io import read_json, sha256_file
 from training import ddp
@@ -137,7 +137,7 @@ class ImageBatches:
 
 def image_batch(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
     """Gather images (uint8, N C H W) and labels at `idx` into an (x in [-1, 1], y) batch on `device`."""
-    x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device, non_blocking=True).float() / 127.5 - 1
+    x = to_unit(torch.from_numpy(np.ascontiguousarray(images[idx])).to(device, non_blocking=True))
     y = torch.from_numpy(np.asarray(labels[idx], dtype=np.int64)).to(device, non_blocking=True)
     return x, y  # (B, C, H, W), (B,)
 

@@ -6,12 +6,13 @@ parametrised over the registry, so the new family is checked without editing any
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import pytest
 import torch
 
 import config.params as params_module
-from models.base import Generator, ImageGenerator, TextGenerator, generator_class
+from models.base import Generator, ImageGenerator, TextGenerator, generator_class, load_generator
 from models.registry import GENERATORS, IMAGE, TEXT, declaration
 from serving.signatures import requirements
 from training.trainer import DATA_FIELDS
@@ -76,22 +77,50 @@ def test_init_from_is_refused_for_generators_that_do_not_declare_it():
         params_module.parse_params({"model": {"name": "lstm", "init_from": "gpt2"}}, root=params_module.Path("."))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_a_tiny_instance_samples_from_an_explicit_generator(name):
+def tiny(name: str) -> Generator:
+    """A small instance of generator `name` with its default architecture, moved off its initial weights."""
     cls = generator_class(name)
     data = {"vocab_size": 50, "eot_id": 0, "image_size": 8, "channels": 1, "n_classes": 3}
+    arch = {"gpt": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
+            "lstm": {"n_layer": 1, "n_embd": 8, "n_hidden": 16}, "gru": {"n_layer": 1, "n_embd": 8, "n_hidden": 16},
+            "ddpm": {"block_out_channels": (8, 16), "norm_num_groups": 4}}.get(name, {})
     fields = {f.name for f in dataclasses.fields(cls.Config)}
-    model = cls(cls.Config(**{k: v for k, v in data.items() if k in fields and k in DATA_FIELDS}))
-    assert isinstance(model, Generator)
-    model.eval()
-    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    kwargs = {"max_new_tokens": 4} if decl_is_text(name) else {"steps": 2} if name == "ddpm" else {}
-    a, b = model.sample(2, generator=gen(), **kwargs), model.sample(2, generator=gen(), **kwargs)
-    assert torch.equal(a, b)
+    torch.manual_seed(0)
+    model = cls(cls.Config(**{k: v for k, v in data.items() if k in fields and k in DATA_FIELDS}, **arch))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return model.eval()
+
+
+def draw(model: Generator, name: str, seed: int) -> torch.Tensor:
+    kwargs = {"max_new_tokens": 4, "temperature": 1.0} if decl_is_text(name) else {"steps": 2} if name == "ddpm" else {}
+    return model.sample(2, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sampling_is_seeded_by_its_generator_and_leaves_the_global_rng_alone(name):
+    model = tiny(name)
+    rng = torch.get_rng_state()
+    a, b, c = draw(model, name, 1), draw(model, name, 1), draw(model, name, 2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), rng)
     if decl_is_text(name):
         assert a.shape == (2, 4) and int(a.max()) < 50
     else:
         assert a.shape == (2, 1, 8, 8) and float(a.min()) >= -1 and float(a.max()) <= 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_and_load_round_trip_without_unpickling(name, tmp_path, monkeypatch):
+    model = tiny(name)
+    model.save(tmp_path / "gen")
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("loading a generator must not unpickle"))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("loading a generator must not unpickle"))
+    loaded = load_generator(tmp_path / "gen").eval()
+    assert type(loaded) is type(model) and loaded.config == model.config
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    assert torch.equal(draw(model, name, 3), draw(loaded, name, 3))
 
 
 def decl_is_text(name: str) -> bool:
