@@ -14,7 +14,7 @@ from runtime import PACKAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY_POINTS = [f"tasks.{s}" for s in STAGES] + ["flows.pipeline", "flows.experiments", "flows.deploy",
-                                                  "runtime.closure", "flows.cli"]
+                                                  "runtime.closure", "flows.genpipe"]
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)
@@ -24,7 +24,7 @@ def test_help_prints_usage_and_runs_nothing(module, tmp_path):
                           timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": str(Path(sys.executable).parent),
                                             "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(tmp_path / ".prefect")})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith("usage:") or module == "flows.cli", proc.stdout[:300]
+    assert proc.stdout.startswith("usage:") or module == "flows.genpipe", proc.stdout[:300]
     assert "--params" in proc.stdout or module == "runtime.closure"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".prefect") == []
 
@@ -39,12 +39,12 @@ def test_a_stage_reads_the_params_file_it_is_given(tmp_path):
 
 
 def test_genpipe_dispatches_and_refuses_unknown_commands(tmp_path):
-    from flows.cli import COMMANDS
+    from flows.genpipe import COMMANDS
 
-    ok = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", "--help"], cwd=tmp_path, capture_output=True,
+    ok = subprocess.run([sys.executable, "-m", "flows.genpipe", "ingest", "--help"], cwd=tmp_path, capture_output=True,
                         text=True, timeout=120, env={"PYTHONPATH": str(ROOT)})
     assert ok.returncode == 0 and ok.stdout.startswith("usage: python -m tasks.ingest")
-    bad = subprocess.run([sys.executable, "-m", "flows.cli", "trian"], cwd=tmp_path, capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "-m", "flows.genpipe", "trian"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=120, env={"PYTHONPATH": str(ROOT)})
     assert bad.returncode == 2
     assert bad.stderr == f"error: genpipe: unknown command 'trian'; allowed: {', '.join([*STAGES, *COMMANDS])}\n"
@@ -54,4 +54,4 @@ def test_the_installed_packages_are_the_project_packages():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert tuple(project["tool"]["setuptools"]["packages"]) == PACKAGES
     assert {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name not in ("tests", "bench")} == set(PACKAGES)
-    assert project["project"]["scripts"]["genpipe"] == "flows.cli:main"
+    assert project["project"]["scripts"]["genpipe"] == "flows.genpipe:main"

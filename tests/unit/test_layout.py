@@ -136,3 +136,10 @@ def test_closure_follows_lazy_imports_and_the_generator_registry():
     assert {"training/ddp.py", "training/checkpoint.py", "models/gpt.py", "models/ddpm.py"} <= train
     assert "dataprep/pii.py" not in train and "registry/gate.py" not in train
     assert "dataprep/pii.py" in code_deps("tasks.clean")
+
+
+def test_no_flow_module_shadows_a_package():
+    """Prefect loads a deployment's flow file as a script, with its folder (flows/) first on sys.path: a module
+    there named like a project package (flows/cli.py) would be imported instead of that package."""
+    shadowing = {p.stem for p in (ROOT / "flows").glob("*.py")} & set(MAY_IMPORT)
+    assert not shadowing, f"flows/ modules named like packages: {sorted(shadowing)}"
