@@ -29,6 +29,7 @@ from prefect import flow, task
 
 from config.params import PARAMS_FILE, STAGES, Params, load_params
 from flows.errors import StageFailed, quiet_expected_errors, run_cli
+from flows.slots import workspace_slot
 from runtime.errors import UserError
 
 log = logging.getLogger("flows.pipeline")
@@ -117,7 +118,8 @@ def pipeline(params_path: str = PARAMS_FILE) -> dict[str, bool]:
     from runtime.lock import run_lock
 
     ran = {}
-    with run_lock(params.root, "Prefect flow genpipe-pipeline"):  # one run per workspace: a second stops at once
+    # A deployed run queues for the workspace slot (flows/slots.py); the lock then stops anything else at once.
+    with workspace_slot(params.root), run_lock(params.root, "Prefect flow genpipe-pipeline"):
         for name in STAGES:
             try:
                 ran[name] = stage_task(name, params)(name, params_path)["ran"]
