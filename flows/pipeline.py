@@ -29,7 +29,6 @@ from prefect import flow, task
 
 from config.params import PARAMS_FILE, STAGES, Params, load_params
 from flows.errors import StageFailed, quiet_expected_errors, run_cli
-from flows.slots import workspace_slot
 from runtime.errors import UserError
 
 log = logging.getLogger("flows.pipeline")
@@ -118,8 +117,7 @@ def pipeline(params_path: str = PARAMS_FILE) -> dict[str, bool]:
     from runtime.lock import run_lock
 
     ran = {}
-    # A deployed run queues for the workspace slot (flows/slots.py); the lock then stops anything else at once.
-    with workspace_slot(params.root), run_lock(params.root, "Prefect flow genpipe-pipeline"):
+    with run_lock(params.root, "Prefect flow genpipe-pipeline"):  # one run per workspace: a second stops at once
         for name in STAGES:
             try:
                 ran[name] = stage_task(name, params)(name, params_path)["ran"]

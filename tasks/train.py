@@ -20,7 +20,6 @@ import time
 
 from config.catalog import RUN_FILE
 from config.params import Params
-from registry.tracking import check_reachable
 from runtime.io import atomic_path, read_json, write_json
 from training import ddp
 from training.trainer import Trainer, _end_mlflow, _start_mlflow
@@ -35,7 +34,6 @@ def train(params: Params) -> dict:
     finds itself under torchrun), and return the metrics rank 0 wrote."""
     world = ddp.torchrun_world()
     if world is None:
-        check_reachable(params.register)  # in seconds, not after hours of training that register cannot log
         if params.train.nproc > 1:
             ddp.launch(params)
             return read_json(params.train.metrics_path)

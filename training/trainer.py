@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +26,6 @@ from runtime.device import autocast_dtype, pick_device
 from runtime.io import read_json, sha256_file
 from training import ddp
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.limits import LONG_RUN_S, available_bytes, check_memory, describe_duration, projected_seconds
 from training.pretrained import Pretrained, hf_architecture, resolve_init_from
 
 log = logging.getLogger(__name__)
@@ -394,9 +392,6 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)
         self.pretrained = resolve_init_from(params)
-        if not self.image and self.pretrained is None:  # refuse an impossible size before allocating it
-            check_memory(params.model.name, params.model.hparams.architecture(), self.meta["vocab_size"],
-                         cfg.batch_size, available_bytes(self.device.type))
         self.model = build_model(params, self.meta, self.pretrained).to(self.device)
         self.opt = Optimizers(self.model, cfg, self.device)
         if self.image:
@@ -487,7 +482,6 @@ class Trainer:
         cfg, model = self.cfg, self.model
         world_size = self.world.size if self.world else 1
         recent: list[float] = []  # train losses since the last validation
-        first_step, started, warned_long = progress.step, time.perf_counter(), False
         model.train()
         bar = tqdm(total=cfg.max_steps, initial=progress.step, desc="train", unit="step",
                    disable=None if self.main else True)
@@ -500,8 +494,6 @@ class Trainer:
             bar.update(1)
             step = progress.step
             if step % cfg.log_interval == 0 or step == cfg.max_steps:  # (4) log
-                if not warned_long and self.main:
-                    warned_long = self._warn_if_long(step - first_step, time.perf_counter() - started, step)
                 train_loss = float(np.mean(recent[-cfg.log_interval :]))
                 bar.set_postfix(loss=f"{train_loss:.3f}")
                 _log_mlflow({"train_loss": train_loss, "lr": lr_at(step - 1, cfg)}, step, progress.run_id)
@@ -523,16 +515,6 @@ class Trainer:
                 save_checkpoint(self.ckpt_dir / "best", model, {"step": step, "val_loss": val})
             self.checkpoint(progress, ranks)
         bar.close()
-
-    def _warn_if_long(self, steps_done: int, elapsed_s: float, step: int) -> bool:
-        """Warn, from the pace of the steps this run has done, when the rest would take longer than a day; return
-        True once checked (the first log interval decides)."""
-        remaining = projected_seconds(elapsed_s, steps_done, self.cfg.max_steps - step)
-        if remaining > LONG_RUN_S:
-            log.warning("train: train.max_steps=%d would take about %s more at %.3f s/step (measured over the first "
-                        "%d steps); lower train.max_steps unless that is what you want", self.cfg.max_steps,
-                        describe_duration(remaining), elapsed_s / max(steps_done, 1), steps_done)
-        return True
 
     def best_model(self, progress: Progress) -> tuple[Generator, int]:
         """Load the weights with the lowest validation loss; refuse if validation never gave a finite loss."""

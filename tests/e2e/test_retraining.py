@@ -130,11 +130,6 @@ def test_deployments_on_a_real_prefect_server_run_on_schedule_and_tag_lineage(pr
             # serve process executes the first one when it comes due (within a minute).
             run = wait_until(lambda: (runs := scheduled_runs(api, retrain["id"])) and runs[0], "a scheduled run",
                              120, server_log)
-            # A valid on-demand run started while the retrain runs queues for the workspace slot, then completes.
-            wait_until(lambda: requests.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["state"]["type"]
-                       == "RUNNING", "the scheduled run running", 180, serve_log)
-            queued = requests.post(f"{api}/deployments/{demand['id']}/create_flow_run", timeout=10, json={
-                "parameters": {"overrides": {"train.max_steps": 20, "train.eval_interval": 10}}}).json()
             bad_state = wait_until(lambda: final(api, bad["id"]), "on-demand run finished", 300, serve_log)
             assert bad_state["type"] == "FAILED"
             assert "train.max_stepz: unknown key" in bad_state["message"]
@@ -142,14 +137,6 @@ def test_deployments_on_a_real_prefect_server_run_on_schedule_and_tag_lineage(pr
             assert state["type"] == "COMPLETED", (state, serve_log.read_text()[-4000:])
             artifacts = requests.post(f"{api}/artifacts/filter", timeout=10,
                                       json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
-            queued_state = wait_until(lambda: final(api, queued["id"]), "queued on-demand run finished", 900, serve_log)
-            assert queued_state["type"] == "COMPLETED", (queued_state, serve_log.read_text()[-4000:])
-            waited = [log["message"] for log in requests.post(f"{api}/logs/filter", timeout=10, json={
-                "logs": {"flow_run_id": {"any_": [queued["id"]]}}}).json() if "slot" in log["message"]]
-            assert any("acquired after" in m for m in waited), waited
-            finished = {r: requests.get(f"{api}/flow_runs/{r}", timeout=10).json()["end_time"]
-                        for r in (run["id"], queued["id"])}
-            assert finished[queued["id"]] > finished[run["id"]]  # it waited for the retrain to end
             # Let a retrain that came due meanwhile (enqueued behind the first, then a no-op) finish before stopping.
             wait_until(lambda: not requests.post(f"{api}/flow_runs/filter", timeout=10, json={"flow_runs": {
                 "state": {"type": {"any_": ["RUNNING", "PENDING"]}}}}).json(), "no run in progress", 300, serve_log)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.errors import DataError
 from tasks.classifier import classifier
 from tasks.clean import clean
+from runtime.errors import DataError
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.preprocess import preprocess

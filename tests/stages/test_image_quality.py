@@ -11,9 +11,9 @@ from tasks.clean import clean
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.preprocess import preprocess
+from training.trainer import build_model
 from tasks.train import train
 from tests.conftest import TINY_IMAGE
-from training.trainer import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -50,8 +50,8 @@ def test_the_classifier_recognises_real_digits(digits):
 
 
 def test_a_trained_generator_scores_far_better_than_an_untrained_one(digits, tmp_path):
-    from config.catalog import META_FILE
     from runtime.io import read_json, write_json
+    from config.catalog import META_FILE
 
     params, trained = digits
     assert trained["fid_real_floor"] < trained["fid"]  # the floor is a floor

@@ -14,16 +14,18 @@ import pandas as pd
 import pytest
 import torch
 
-from config.catalog import CONTINUATIONS_FILE, META_FILE, RUN_FILE, SAMPLES_FILE
-from config.params import parse_params
 from models.base import CONFIG_FILE, WEIGHTS_FILE, load_generator
-from registry.gate import CHALLENGER, CHAMPION
-from runtime.io import read_json, read_jsonl
 from tasks.clean import clean
+from config.catalog import CONTINUATIONS_FILE, SAMPLES_FILE
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
+from runtime.io import read_json, read_jsonl
+from config.params import parse_params
+from config.catalog import META_FILE
 from tasks.preprocess import preprocess
+from registry.gate import CHALLENGER, CHAMPION
 from tasks.register import register
+from config.catalog import RUN_FILE
 from tasks.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -20,11 +20,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from config.params import parse_params
 from models.base import WEIGHTS_FILE
-from runtime.io import read_json
 from tasks.clean import clean
 from tasks.ingest import ingest
+from runtime.io import read_json
+from config.params import parse_params
 from tasks.preprocess import preprocess
 from tasks.train import train
 from tests.conftest import REPO_ROOT, TINY_IMAGE, Project, merge
