@@ -40,9 +40,11 @@ RUN_FILE = "run.json"  # the MLflow run the training was logged to
 # evaluate.out_dir
 SAMPLES_FILE = "samples.jsonl"  # text: seeded unconditional samples
 CONTINUATIONS_FILE = "continuations.jsonl"  # text: continuations of held-out prompts
-GRID_FILE = "samples.png"  # images: the fixed-seed sample grid
-RECONSTRUCTIONS_FILE = "reconstructions.png"  # vae: real test images over their reconstructions
 CLASS_ACCURACY_FILE = "class_accuracy.json"  # conditional generators: per-class accuracy of the samples
+
+# evaluate.plots_dir: the pictures DVC plots (`dvc plots show`, `dvc plots diff` between experiments)
+GRID_FILE = "samples.png"  # images: the fixed-seed sample grid; text: the seeded samples, rendered
+RECONSTRUCTIONS_FILE = "reconstructions.png"  # vae: real test images over their reconstructions
 NEAREST_FILE = "nearest.png"  # images: the samples closest to a training image over that image
 
 # the registered model's artifacts and its run's `cards/`

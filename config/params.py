@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from models.registry import GENERATORS, MODALITIES, Modality, declaration
+from models.rules import unet_widths_problem
 from runtime.errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
@@ -229,9 +230,8 @@ class DDPMParams(GeneratorSection):
 
     @model_validator(mode="after")
     def _groups_divide(self) -> DDPMParams:
-        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(f"block_out_channels {bad} must be multiples of norm_num_groups ({self.norm_num_groups})")
+        if problem := unet_widths_problem(self.block_out_channels, self.norm_num_groups):
+            raise ValueError(problem)
         return self
 
 
@@ -293,7 +293,8 @@ class TrainParams(Section):
     out_dir: ProjectPath = Path("artifacts/train")
     checkpoint_dir: StatePath = Path("checkpoints")  # outside DVC's outputs so a killed run can resume
     metrics_path: ProjectPath = Path("metrics/train.json")
-    plots_path: ProjectPath = Path("plots/train.json")
+    plots_path: ProjectPath = Path("plots/train.json")  # one row per validation: step, train_loss, val_loss
+    steps_plots_path: ProjectPath = Path("plots/train_steps.json")  # one row per log_interval: step, train_loss, lr
 
     @model_validator(mode="after")
     def _warmup(self) -> TrainParams:
@@ -327,6 +328,7 @@ class EvaluateParams(Section):
     copy_quantile: float = Field(0.05, gt=0, lt=1)
     seed: int = 0
     out_dir: ProjectPath = Path("artifacts/evaluate")
+    plots_dir: ProjectPath = Path("plots/evaluate")  # GRID_FILE and, for images, NEAREST_FILE, RECONSTRUCTIONS_FILE
     metrics_path: ProjectPath = Path("metrics/evaluate.json")
 
 
@@ -547,6 +549,9 @@ def read_params_data(path: Path | str = PARAMS_FILE) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ParamsError(f"{path.name}: malformed YAML{where}: {problem}") from None
+    if data is None:  # empty, or comments only: running on built-in defaults would overwrite the user's outputs
+        raise ParamsError(f"{path.name} is empty: every stage reads its settings from it; restore it "
+                          f"(git checkout {path.name}) or write at least one section")
     return data
 
 

@@ -89,11 +89,15 @@ def grid_labels(rows: int, n_classes: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_images(model, n: int, seed: int, labels: torch.Tensor | None, steps: int | None,
-                  chunk: int = 256) -> torch.Tensor:
-    """Draw n images (on CPU, float [-1, 1]) in chunks from one seeded generator; labels (n,) for conditional."""
+                  chunk: int = 256, report=None) -> torch.Tensor:
+    """Draw n images (on CPU, float [-1, 1]) in chunks from one seeded generator; labels (n,) for conditional.
+    `report` (a runtime.progress.Progress of n units) hears after each chunk."""
     gen = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, n, chunk):
         part = None if labels is None else labels[start : start + chunk]
         out.append(model.sample(min(chunk, n - start), generator=gen, labels=part, steps=steps).float().cpu())
+        if report is not None:
+            done = start + len(out[-1])
+            report.update(done, "images sampled", force=done == n)
     return torch.cat(out)

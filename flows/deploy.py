@@ -22,6 +22,7 @@ import argparse
 from pathlib import Path
 
 from config.params import PARAMS_FILE, Params, load_params
+from flows.slots import ensure_slot
 
 RETRAIN, ON_DEMAND, SWEEP = "retrain", "train-on-demand", "sweep"
 
@@ -87,12 +88,28 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     path = Path(args.params or args.params_path or PARAMS_FILE)
     params = run_cli("deploy", lambda: load_params(path))
+    run_cli("deploy", lambda: _reachable(lambda: ensure_slot(params.root)))
     if args.pool:
-        run_cli("deploy", lambda: _deploy_on_pool(params, path, args.pool))
+        run_cli("deploy", lambda: _reachable(lambda: _deploy_on_pool(params, path, args.pool)))
     else:
         # Stopping this process leaves the schedules active (Prefect's default would pause them): runs that come
         # due meanwhile wait, Late, until a serve process or worker is back.
         serve(*deployments(params, path), pause_on_shutdown=False)
+
+
+def _reachable(call):
+    """Run `call`, turning "no Prefect server answers at PREFECT_API_URL" into one line instead of a traceback."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    from runtime.errors import UserError
+
+    try:
+        return call()
+    except (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError) as exc:
+        url = PREFECT_API_URL.value() or "(PREFECT_API_URL is not set)"
+        raise UserError(f"no Prefect server answers at {url} ({type(exc).__name__}); start one with "
+                        "`make prefect-server` and set PREFECT_API_URL=http://127.0.0.1:4200/api") from None
 
 
 if __name__ == "__main__":

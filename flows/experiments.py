@@ -29,6 +29,7 @@ from prefect import flow, task
 
 from config.params import PARAMS_FILE, GeneratorName, Params, load_params
 from flows.errors import ExperimentFailed, quiet_expected_errors, run_cli
+from flows.slots import workspace_slot
 from registry.lineage import PREFECT_RUN_ENV
 from runtime.errors import ParamsError
 
@@ -130,24 +131,27 @@ def sweep(param_sets: list[dict[str, Any]], params_path: str = PARAMS_FILE) -> d
     validate_sets(params_path, param_sets)
     run_id, run_name = str(flow_run.id), str(flow_run.name or "sweep")
     connect(base.register)  # create the MLflow experiment in the main project before any copy runs
-    rows = []
-    for i, overrides in enumerate(param_sets):
-        name = exp_name(run_name, i)
-        code = run_experiment.with_options(name=name)(str(base.root), name, overrides, run_id)
-        rows.append({"name": name, "overrides": overrides, "status": "done" if code == 0 else f"failed (exit {code})"})
+    # A deployed run queues for the workspace slot (flows/slots.py) behind a retrain or another sweep.
+    with workspace_slot(base.root):
+        rows = []
+        for i, overrides in enumerate(param_sets):
+            name = exp_name(run_name, i)
+            code = run_experiment.with_options(name=name)(str(base.root), name, overrides, run_id)
+            rows.append({"name": name, "overrides": overrides,
+                         "status": "done" if code == 0 else f"failed (exit {code})"})
 
-    cfg = base.register
-    versions = _versions_of_run(base, run_id)
-    for row in rows:
-        found = versions.get(row["name"])
-        if found:
-            raw = found["tags"].get(f"metric.{cfg.promote_metric}")
-            row.update(version=found["version"], value=None if raw is None else float(raw))
-    best = best_version(rows, cfg.greater_is_better)
-    decision = None
-    if best is not None:
-        mlflow.set_tracking_uri(cfg.tracking_uri)
-        decision = gate(mlflow.MlflowClient(), cfg, best)
+        cfg = base.register
+        versions = _versions_of_run(base, run_id)
+        for row in rows:
+            found = versions.get(row["name"])
+            if found:
+                raw = found["tags"].get(f"metric.{cfg.promote_metric}")
+                row.update(version=found["version"], value=None if raw is None else float(raw))
+        best = best_version(rows, cfg.greater_is_better)
+        decision = None
+        if best is not None:
+            mlflow.set_tracking_uri(cfg.tracking_uri)
+            decision = gate(mlflow.MlflowClient(), cfg, best)
     create_markdown_artifact(markdown=sweep_markdown(cfg.model_name, cfg.promote_metric, rows, best, decision),
                              key=ARTIFACT_KEY, description=f"{cfg.model_name}: sweep of {len(rows)} param sets")
     failed = [r["name"] for r in rows if r["status"] != "done"]
@@ -164,10 +168,13 @@ def experiment(generator: Generator | None = None, overrides: dict[str, Any] | N
 
     It runs as a DVC experiment (the workspace is untouched) and its model goes through the champion gate.
     """
+    quiet_expected_errors()  # before the slot: its wait is logged
     merged = dict(overrides or {})
     if generator is not None:
         merged["model.name"] = generator
-    return sweep([merged], params_path)
+    # The slot is taken here, so the wait shows in the run the user started; the sweep subflow passes through.
+    with workspace_slot(load_params(str(Path(params_path).resolve())).root):
+        return sweep([merged], params_path)
 
 
 def parse_cli(argv: list[str]) -> tuple[list[dict[str, Any]], str]:

@@ -29,6 +29,7 @@ from prefect import flow, task
 
 from config.params import PARAMS_FILE, STAGES, Params, load_params
 from flows.errors import StageFailed, quiet_expected_errors, run_cli
+from flows.slots import workspace_slot
 from runtime.errors import UserError
 
 log = logging.getLogger("flows.pipeline")
@@ -102,7 +103,8 @@ def publish_report(params: Params, ran: list[str]) -> str:
 
     latest, champion = model_versions(params)
     challenger = latest if "register" in ran else None
-    markdown = report_markdown(params.register.model_name, ran, challenger, champion, read_samples(params))
+    markdown = report_markdown(params.register.model_name, ran, challenger, champion, read_samples(params),
+                               params.register.tracking_uri)
     create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY,
                              description=f"{params.register.model_name}: challenger vs champion")
     return markdown
@@ -117,7 +119,8 @@ def pipeline(params_path: str = PARAMS_FILE) -> dict[str, bool]:
     from runtime.lock import run_lock
 
     ran = {}
-    with run_lock(params.root, "Prefect flow genpipe-pipeline"):  # one run per workspace: a second stops at once
+    # A deployed run queues for the workspace slot (flows/slots.py); the lock then stops anything else at once.
+    with workspace_slot(params.root), run_lock(params.root, "Prefect flow genpipe-pipeline"):
         for name in STAGES:
             try:
                 ran[name] = stage_task(name, params)(name, params_path)["ran"]

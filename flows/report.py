@@ -31,9 +31,28 @@ def _metrics(tags: dict[str, str]) -> dict[str, str]:
     return {k.removeprefix("metric."): v for k, v in tags.items() if k.startswith("metric.")}
 
 
+def mlflow_links(tracking_uri: str, model_name: str, version: dict) -> list[str]:
+    """Markdown lines pointing at a model version and its training run in the MLflow UI.
+
+    `version` is {"version", "run_id", "experiment_id"} (the ids may be missing). An http(s) tracking server gives
+    direct links; a local store (sqlite, files) gives the `mlflow ui` command to run and the page to open there."""
+    v, run_id, exp = version["version"], version.get("run_id"), version.get("experiment_id")
+    pages = [("model version", f"#/models/{model_name}/versions/{v}")]
+    if run_id and exp:
+        pages.append(("training run", f"#/experiments/{exp}/runs/{run_id}"))
+    if tracking_uri.startswith(("http://", "https://")):
+        base = tracking_uri.rstrip("/")
+        return ["MLflow: " + ", ".join(f"[{what}]({base}/{page})" for what, page in pages)]
+    local = "http://127.0.0.1:5000"
+    return [f"MLflow: run `mlflow ui --backend-store-uri {tracking_uri}`, then open "
+            + ", ".join(f"{what} <{local}/{page}>" for what, page in pages)]
+
+
 def report_markdown(model_name: str, ran: list[str], challenger: dict | None, champion: dict | None,
-                    samples: list[str]) -> str:
-    """Render one flow run's report. `challenger` / `champion` are {"version": str, "tags": {...}} or None."""
+                    samples: list[str], tracking_uri: str | None = None) -> str:
+    """Render one flow run's report. `challenger` / `champion` are {"version": str, "tags": {...}} (plus the
+    "run_id" and "experiment_id" of the version's run, for links to the MLflow UI when `tracking_uri` is given)
+    or None."""
     lines = [f"# {model_name}", "",
              f"Stages run: {', '.join(ran) if ran else 'none (DVC found every stage up to date)'}", ""]
     if challenger is None:
@@ -46,6 +65,8 @@ def report_markdown(model_name: str, ran: list[str], challenger: dict | None, ch
     decision = ctags.get("decision", "unknown")
     lines += [(f"**Decision: {decision}** (version {challenger['version']}; gate metric `{metric}`, "
                f"min improvement {ctags.get('min_improvement', '–')})"), ""]
+    if tracking_uri:
+        lines += mlflow_links(tracking_uri, model_name, challenger) + [""]
     if ctags.get("refused_by", "none") != "none":
         lines += [f"Refused champion by guard: {ctags['refused_by']}", ""]
     cm = _metrics(ctags)
@@ -102,7 +123,9 @@ def model_versions(params: Params) -> tuple[dict | None, dict | None]:
     if Path(cfg.metrics_path).is_file():
         version = str(read_json(cfg.metrics_path)["version"])
         try:
-            latest = {"version": version, "tags": client.get_model_version(cfg.model_name, version).tags}
+            mv = client.get_model_version(cfg.model_name, version)
+            latest = {"version": version, "tags": mv.tags, "run_id": mv.run_id,
+                      "experiment_id": client.get_run(mv.run_id).info.experiment_id if mv.run_id else None}
         except MlflowException:
             latest = None
     try:

@@ -24,6 +24,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from torch import Tensor
 
 from models.base import ImageGenerator, Optimization
+from models.rules import unet_widths_problem
 
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm_solver": DPMSolverMultistepScheduler}
@@ -56,9 +57,8 @@ class DDPMConfig:
                              f"{2 ** (levels - 1)}: each of the {levels} UNet levels after the first halves it")
         if self.channels < 1 or self.layers_per_block < 1 or self.norm_num_groups < 1:
             raise ValueError("channels, layers_per_block and norm_num_groups must be positive")
-        if any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(f"every width in block_out_channels {self.block_out_channels} must be a multiple of "
-                             f"norm_num_groups ({self.norm_num_groups})")
+        if problem := unet_widths_problem(self.block_out_channels, self.norm_num_groups):
+            raise ValueError(problem)
         if self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be at least 2, got {self.num_train_timesteps}")
         if self.beta_schedule not in BETA_SCHEDULES:

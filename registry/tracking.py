@@ -26,10 +26,36 @@ def use_wal(tracking_uri: str) -> None:
             db.execute("PRAGMA journal_mode=WAL")
 
 
+REACH_TIMEOUT_S = 5.0
+
+
+def check_reachable(cfg: RegisterParams, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Raise ParamsError within `timeout_s` when `register.tracking_uri` is an MLflow server that does not answer
+    (MLflow's own client would retry for minutes first). Local stores (sqlite, file) need no check."""
+    import urllib.error
+    import urllib.request
+
+    from runtime.errors import ParamsError
+
+    uri = cfg.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+            resp.read(64)
+    except urllib.error.HTTPError:
+        return  # something answers (a proxy may guard /health): MLflow's client reports anything further
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ParamsError(f"register.tracking_uri: no MLflow server answers at {uri} within {timeout_s:g} s "
+                          f"({reason}); start it, or use a local store such as sqlite:///mlflow.db") from None
+
+
 def connect(cfg: RegisterParams) -> str:
     """Point MLflow at `register.tracking_uri` and return the id of `register.experiment_name` (created if new)."""
     import mlflow
 
+    check_reachable(cfg)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(cfg.experiment_name)  # creates the store on first use

@@ -44,11 +44,13 @@ from config.catalog import (
 )
 from config.params import Params
 from dataprep.tokenize import load_tokens
+from evaluation.render import text_png
 from evaluation.scoring import bits_per_byte, continuation_scores, copy_and_diversity_scores, grid_labels, sample_images
 from models.base import load_generator
 from models.registry import IMAGE
 from runtime.device import pick_device
 from runtime.io import atomic_path, read_json, write_json, write_jsonl
+from runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def evaluate_images(params: Params) -> dict:
     requested = torch.arange(n) % meta["n_classes"] if conditional else None
 
     start = time.perf_counter()
-    fake = sample_images(model, n, cfg.seed, requested, cfg.sample_steps)
+    fake = sample_images(model, n, cfg.seed, requested, cfg.sample_steps, report=Progress("evaluate", n, log))
     sampling_seconds = time.perf_counter() - start
     kid_subset = min(cfg.kid_subset_size, n)
     scores = image_scores(real_a, fake, clf, kid_subset_size=kid_subset, k=cfg.pr_k, seed=cfg.seed)
@@ -121,10 +123,10 @@ def evaluate_images(params: Params) -> dict:
     grid = sample_images(model, rows * rows, cfg.seed, grid_cond, cfg.sample_steps)
     metrics = {k: (round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v
                for k, v in metrics.items()}
-    with atomic_path(cfg.out_dir) as out:
-        out.mkdir()
-        (out / GRID_FILE).write_bytes(grid_png(grid, nrow=rows, scale=cfg.grid_scale))
-        (out / NEAREST_FILE).write_bytes(grid_png(pairs, nrow=len(closest), scale=cfg.grid_scale))
+    with atomic_path(cfg.plots_dir) as pictures:
+        pictures.mkdir()
+        (pictures / GRID_FILE).write_bytes(grid_png(grid, nrow=rows, scale=cfg.grid_scale))
+        (pictures / NEAREST_FILE).write_bytes(grid_png(pairs, nrow=len(closest), scale=cfg.grid_scale))
         if hasattr(model, "reconstruct"):  # VAE: real test images (odd rows) over their reconstructions
             test, _ = load_images(data_dir, "test")
             count = min(max(rows // 2, 1) * rows, len(test) // rows * rows)
@@ -132,7 +134,9 @@ def evaluate_images(params: Params) -> dict:
             recon = model.reconstruct(real).float().cpu()
             pairs = torch.stack([real.cpu().view(-1, rows, *real.shape[1:]),
                                  recon.view(-1, rows, *recon.shape[1:])], dim=1).flatten(0, 2)
-            (out / RECONSTRUCTIONS_FILE).write_bytes(grid_png(pairs, nrow=rows, scale=cfg.grid_scale))
+            (pictures / RECONSTRUCTIONS_FILE).write_bytes(grid_png(pairs, nrow=rows, scale=cfg.grid_scale))
+    with atomic_path(cfg.out_dir) as out:
+        out.mkdir()
         if per_class is not None:
             write_json(out / CLASS_ACCURACY_FILE, per_class)
     write_json(cfg.metrics_path, metrics)
@@ -187,6 +191,10 @@ def evaluate(params: Params) -> dict:
         write_jsonl(out / SAMPLES_FILE, [{"seed": cfg.seed, "index": i, "text": t, "longest_copied_chars": n}
                                          for i, (t, n) in enumerate(zip(texts, copied))])
         write_jsonl(out / CONTINUATIONS_FILE, continuations)
+    with atomic_path(cfg.plots_dir) as pictures:
+        pictures.mkdir()
+        (pictures / GRID_FILE).write_bytes(text_png(texts, title=f"{params.model.name}: {len(texts)} samples "
+                                                    f"(seed {cfg.seed}, temperature {cfg.temperature:g})"))
     write_json(cfg.metrics_path, metrics)
     shown = {k: "n/a" if metrics[k] is None else f"{metrics[k]:.4f}"
              for k in ("test_bpb", "test_unigram_bpb", "test_perplexity", "bleu", "rouge_l", "memorization",

@@ -37,6 +37,7 @@ from dataprep.tokenize import (
 from models.registry import IMAGE, TEXT
 from runtime.errors import DataError
 from runtime.io import atomic_path, read_json, write_json
+from runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,9 @@ def preprocess(params: Params, batch_bytes: int = BATCH_BYTES) -> dict:
     elif cfg.tokenizer == "char":
         tok = train_char_tokenizer(iter_split(corpus, "train", cfg))
     else:
-        tok = train_tokenizer(iter_split(corpus, "train", cfg), cfg.vocab_size)
+        report = Progress("preprocess", n_documents["train"], log)  # documents the BPE trainer has read
+        tok = train_tokenizer(report.track(iter_split(corpus, "train", cfg), "BPE tokenizer: documents read"),
+                              cfg.vocab_size)
     log.info("preprocess: tokenizer %s, vocab %d, in %.1f s", params.model.init_from or cfg.tokenizer,
              tok.get_vocab_size(), time.perf_counter() - t0)
     meta: dict = {"modality": TEXT.name, "tokenizer": params.model.init_from or cfg.tokenizer,

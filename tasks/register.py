@@ -24,7 +24,15 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from config.catalog import DATA_CARD_FILE, META_FILE, MODEL_CARD_FILE, RUN_FILE, SAMPLES_FILE, TOKENIZER_FILE
+from config.catalog import (
+    DATA_CARD_FILE,
+    GRID_FILE,
+    META_FILE,
+    MODEL_CARD_FILE,
+    RUN_FILE,
+    SAMPLES_FILE,
+    TOKENIZER_FILE,
+)
 from config.params import Params
 from models.registry import IMAGE, TEXT, declaration
 from registry.cards import data_card, guards, model_card
@@ -49,7 +57,8 @@ def _model_files(params: Params, scratch: Path) -> dict:
                 "artifacts": {"generator": str(params.train.out_dir), "data_meta": str(data_dir / META_FILE)},
                 "signature": image_signature(), "input_example": example,
                 "pip_requirements": requirements(decl),
-                "evaluation": sorted(p for p in evaluation.iterdir() if p.is_file())}
+                "evaluation": sorted(p for d in (evaluation, params.evaluate.plots_dir) for p in d.iterdir()
+                                     if p.is_file())}
     generator_dir = _generator_to_log(params, scratch)
     return {"python_model": str(pyfunc_file(decl.modality.serving_module)),
             "artifacts": {"generator": str(generator_dir), "tokenizer": str(data_dir / TOKENIZER_FILE),
@@ -59,7 +68,7 @@ def _model_files(params: Params, scratch: Path) -> dict:
                               "seed": [0]},
             "pip_requirements": requirements(decl, with_peft=generator_dir == params.train.out_dir and
                                                        params.model.lora is not None),
-            "evaluation": [evaluation / SAMPLES_FILE]}
+            "evaluation": [evaluation / SAMPLES_FILE, params.evaluate.plots_dir / GRID_FILE]}
 
 
 def _generator_to_log(params: Params, scratch: Path) -> Path:

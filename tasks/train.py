@@ -20,6 +20,7 @@ import time
 
 from config.catalog import RUN_FILE
 from config.params import Params
+from registry.tracking import check_reachable
 from runtime.io import atomic_path, read_json, write_json
 from training import ddp
 from training.trainer import Trainer, _end_mlflow, _start_mlflow
@@ -34,6 +35,7 @@ def train(params: Params) -> dict:
     finds itself under torchrun), and return the metrics rank 0 wrote."""
     world = ddp.torchrun_world()
     if world is None:
+        check_reachable(params.register)  # in seconds, not after hours of training that register cannot log
         if params.train.nproc > 1:
             ddp.launch(params)
             return read_json(params.train.metrics_path)
@@ -87,6 +89,7 @@ def _train(params: Params, world: ddp.World | None) -> dict:
     }
     write_json(cfg.metrics_path, metrics)
     write_json(cfg.plots_path, progress.history)
+    write_json(cfg.steps_plots_path, progress.curve)
     _end_mlflow(progress.run_id)
     log.info("train: done in %.1fs, best val_loss %.4f at step %s", seconds, progress.best_val, best_step)
     return metrics

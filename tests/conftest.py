@@ -93,6 +93,7 @@ TINY: dict[str, Any] = {
         "checkpoint_dir": "checkpoints",
         "metrics_path": "metrics/train.json",
         "plots_path": "plots/train.json",
+        "steps_plots_path": "plots/train_steps.json",
     },
     "evaluate": {
         "batch_size": 4,

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,14 +19,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from config.catalog import META_FILE, labels_file, split_file
+from config.catalog import META_FILE, TOKENIZER_FILE, labels_file, split_file
 from config.params import Params, TrainParams
 from dataprep.tokenize import load_tokens
 from models.base import Generator, TextGenerator, generator_class, load_generator, to_unit
 from runtime.device import autocast_dtype, pick_device
 from runtime.io import read_json, sha256_file
+from runtime.progress import Progress as Report
+from runtime.progress import describe_duration, eta
 from training import ddp
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.limits import LONG_RUN_S, available_bytes, check_memory
 from training.pretrained import Pretrained, hf_architecture, resolve_init_from
 
 log = logging.getLogger(__name__)
@@ -303,7 +307,7 @@ def code_digest() -> str:
 def run_key(params: Params, data_digest: str) -> str:
     """Digest everything that determines the trained weights: model, training settings, data and code."""
     train = params.train.model_dump(exclude={"out_dir", "checkpoint_dir", "metrics_path", "plots_path",
-                                             "log_interval", "device"})
+                                             "steps_plots_path", "log_interval", "device"})
     model = {"name": params.model.name, "init_from": params.model.init_from,
              **params.model.hparams.architecture()}  # not the unchosen generators' params
     blob = json.dumps({"model": model, "train": train, "data": data_digest, "code": code_digest()},
@@ -360,6 +364,29 @@ def _log_sample_grid(model: Generator, seed: int, step: int) -> None:
     mlflow.log_image(Image.open(io.BytesIO(grid_png(images, nrow=GRID_SIDE, scale=2))), key="samples", step=step)
 
 
+TEXT_SAMPLES, TEXT_SAMPLE_TOKENS, PROMPT_TOKENS = 4, 48, 8  # the samples table logged at each validation
+
+
+def _log_text_samples(model: Generator, tokenizer, val_tokens: np.ndarray, seed: int, step: int) -> None:
+    """Log a table of seeded continuations of validation prompts to the MLflow run (`samples/step_NNNNNN.json`),
+    one per validation, so the text a run makes can be read as it trains. Sampling has its own generator and
+    leaves the training RNG and a stateful model's carried state untouched."""
+    import mlflow
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    offsets = np.linspace(0, max(len(val_tokens) - PROMPT_TOKENS - 1, 0), TEXT_SAMPLES).astype(int)
+    prompts = torch.as_tensor(np.stack([val_tokens[o : o + PROMPT_TOKENS] for o in offsets]).astype(np.int64),
+                              device=device)
+    new = model.generate(prompts, TEXT_SAMPLE_TOKENS, temperature=1.0, top_k=0,
+                         generator=torch.Generator(device=device).manual_seed(seed))
+    model.train(was_training)
+    rows = {"step": [step] * len(offsets), "prompt": [tokenizer.decode(p.tolist()) for p in prompts],
+            "sample": [tokenizer.decode(s.tolist()) for s in new]}
+    mlflow.log_table(rows, artifact_file=f"samples/step_{step:06d}.json")
+
+
 @dataclass
 class Progress:
     """Where training stands; saved in every checkpoint next to the weights, optimizer moments and RNG states."""
@@ -368,6 +395,7 @@ class Progress:
     best_val: float = math.inf
     history: list[dict] = field(default_factory=list)  # one row per validation: step, train_loss, val_loss
     run_id: str | None = None  # the MLflow run receiving live metrics
+    curve: list[dict] = field(default_factory=list)  # one row per log interval: step, train_loss, lr
 
 
 class Trainer:
@@ -392,6 +420,15 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)
         self.pretrained = resolve_init_from(params)
+        if not self.image and self.pretrained is None:  # refuse an impossible size before allocating it
+            block = params.model.hparams.architecture()["block_size"]
+            if block + 1 >= self.meta["train"]["n_tokens"]:  # the data decides first: no window fits at all
+                from runtime.errors import DataError
+
+                raise DataError(f"model.{params.model.name}.block_size={block} is longer than the training text "
+                                f"({self.meta['train']['n_tokens']} tokens); add data or lower it")
+            check_memory(params.model.name, params.model.hparams.architecture(), self.meta["vocab_size"],
+                         cfg.batch_size, available_bytes(self.device.type))
         self.model = build_model(params, self.meta, self.pretrained).to(self.device)
         self.opt = Optimizers(self.model, cfg, self.device)
         if self.image:
@@ -409,6 +446,9 @@ class Trainer:
                 self.windows = TokenWindows(train_tokens, self.model.block_size, cfg.batch_size,
                                             torch.Generator().manual_seed(cfg.seed), self.device, rank, world_size)
             self.val_data = load_tokens(data_dir, "val")
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(data_dir / TOKENIZER_FILE))  # decodes the samples table
         if rank > 0:  # same initial weights everywhere (drawn above); from here each rank its own dropout and noise
             torch.manual_seed(cfg.seed + rank)
         self.ckpt_dir = cfg.checkpoint_dir / run_key(params, digest)
@@ -437,7 +477,8 @@ class Trainer:
             if "cuda" in own["rng"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(own["rng"]["cuda"])
             log.info("train: resuming from %s at step %d", self.ckpt_dir / "last", state["step"])
-            progress = Progress(state["step"], state["best_val"], state["history"], state["run_id"])
+            progress = Progress(state["step"], state["best_val"], state["history"], state["run_id"],
+                                state.get("curve", []))
         if self.world is not None:  # start from rank 0's weights and buffers, as DDP's constructor does
             ddp.broadcast(t for t in self.model.state_dict().values() if isinstance(t, Tensor))
         return progress
@@ -454,7 +495,7 @@ class Trainer:
         stored where a single process stores its own)."""
         own = self._rank_state()
         state = {"step": progress.step, "best_val": progress.best_val, "history": progress.history,
-                 "run_id": progress.run_id, "optimizers": self.opt.state_dict(), "rng": own["rng"],
+                 "curve": progress.curve, "run_id": progress.run_id, "optimizers": self.opt.state_dict(), "rng": own["rng"],
                  "data": self.windows.state_dict(), "model_state": own["model_state"]}
         if ranks is not None:
             state["ranks"] = ranks
@@ -482,9 +523,11 @@ class Trainer:
         cfg, model = self.cfg, self.model
         world_size = self.world.size if self.world else 1
         recent: list[float] = []  # train losses since the last validation
+        first_step, started, warned_long = progress.step, time.perf_counter(), False
         model.train()
         bar = tqdm(total=cfg.max_steps, initial=progress.step, desc="train", unit="step",
                    disable=None if self.main else True)
+        report = Report("train", cfg.max_steps, log) if self.main else None  # the Prefect UI's bar, log lines
         while progress.step < cfg.max_steps:
             # (1) learning rate, (2) micro-batches, (3) forward/backward/step inside the model's train_step
             self.opt.set_lr(lr_at(progress.step, cfg))
@@ -494,9 +537,14 @@ class Trainer:
             bar.update(1)
             step = progress.step
             if step % cfg.log_interval == 0 or step == cfg.max_steps:  # (4) log
-                train_loss = float(np.mean(recent[-cfg.log_interval :]))
+                if not warned_long and self.main:
+                    warned_long = self._warn_if_long(step - first_step, time.perf_counter() - started, step)
+                train_loss, lr = float(np.mean(recent[-cfg.log_interval :])), lr_at(step - 1, cfg)
+                progress.curve.append({"step": step, "train_loss": round(train_loss, 5), "lr": lr})
                 bar.set_postfix(loss=f"{train_loss:.3f}")
-                _log_mlflow({"train_loss": train_loss, "lr": lr_at(step - 1, cfg)}, step, progress.run_id)
+                if report is not None:
+                    report.update(step, f"loss {train_loss:.4f}", start_done=first_step, force=step == cfg.max_steps)
+                _log_mlflow({"train_loss": train_loss, "lr": lr}, step, progress.run_id)
             if step % cfg.eval_interval and step != cfg.max_steps:
                 continue
             # (5) validate, keep best, checkpoint: rank 0 (the others wait for it at their next all-reduce)
@@ -507,14 +555,27 @@ class Trainer:
             val = validation_loss(model, self.val_data, cfg, self.opt, self.device, world_size)
             progress.history.append({"step": step, "train_loss": round(train_loss, 5), "val_loss": round(val, 5)})
             _log_mlflow({"val_loss": val}, step, progress.run_id)
-            if self.image and progress.run_id is not None:
-                _log_sample_grid(model, cfg.seed, step)
+            if progress.run_id is not None and math.isfinite(val):  # what the model makes now, in the MLflow UI
+                if self.image:
+                    _log_sample_grid(model, cfg.seed, step)
+                else:
+                    _log_text_samples(model, self.tokenizer, self.val_data, cfg.seed, step)
             log.info("train: step %d/%d train_loss %.4f val_loss %.4f", step, cfg.max_steps, train_loss, val)
             if val < progress.best_val or not getattr(model, "select_best", True):  # GANs: keep the last
                 progress.best_val = val
                 save_checkpoint(self.ckpt_dir / "best", model, {"step": step, "val_loss": val})
             self.checkpoint(progress, ranks)
         bar.close()
+
+    def _warn_if_long(self, steps_done: int, elapsed_s: float, step: int) -> bool:
+        """Warn, from the pace of the steps this run has done, when the rest would take longer than a day; return
+        True once checked (the first log interval decides)."""
+        remaining = eta(elapsed_s, steps_done, self.cfg.max_steps - step)
+        if remaining > LONG_RUN_S:
+            log.warning("train: train.max_steps=%d would take about %s more at %.3f s/step (measured over the first "
+                        "%d steps); lower train.max_steps unless that is what you want", self.cfg.max_steps,
+                        describe_duration(remaining), elapsed_s / max(steps_done, 1), steps_done)
+        return True
 
     def best_model(self, progress: Progress) -> tuple[Generator, int]:
         """Load the weights with the lowest validation loss; refuse if validation never gave a finite loss."""

@@ -23,9 +23,15 @@ def test_repro_trains_a_model_that_beats_the_unigram_baseline(built):
     assert "up to date" in built.run("dvc", "status").stdout
 
 
-def test_plots_show_the_loss_curve(built):
+def test_plots_show_the_loss_every_log_interval_and_the_samples(built):
+    params = yaml.safe_load((built.root / "params.yaml").read_text())["train"]
     plots = json.loads(built.run("dvc", "plots", "show", "--json").stdout)
-    assert "loss" in plots["data"] and not plots.get("errors"), plots.get("errors")
+    assert not plots.get("errors"), plots.get("errors")
+    rows = plots["data"]["loss"][0]["content"]["data"]["values"]
+    train = [r["step"] for r in rows if r["filename::field"] == "train_steps.json::train_loss"]
+    val = [r["step"] for r in rows if r["filename::field"] == "train.json::val_loss"]
+    assert len(train) == -(-params["max_steps"] // params["log_interval"]) > len(val) > 0  # one per log interval
+    assert plots["data"]["plots/evaluate/samples.png"][0]["type"] == "image"  # the text samples, rendered
 
 
 def test_second_repro_runs_nothing(built):

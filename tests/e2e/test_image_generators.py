@@ -47,11 +47,13 @@ def test_exp_run_trains_registers_and_serves_images(project, name):
     project.run("dvc", "exp", "run", "-n", f"img-{name}", "-S", f"model.name={name}")
     metrics = json.loads((project.root / "metrics/evaluate.json").read_text())
     assert metrics["fid"] >= metrics["fid_real_floor"] >= 0
-    assert (project.root / "artifacts/evaluate/samples.png").is_file()
     assert "up to date" in project.run("dvc", "status").stdout
     assert f"img-{name}" in project.run("dvc", "exp", "show", "--json").stdout
-    plots = json.loads(project.run("dvc", "plots", "show", "--json", "artifacts/evaluate/samples.png").stdout)
-    assert plots["data"]["artifacts/evaluate/samples.png"] and not plots.get("errors")  # the grid, by `dvc plots`
+    plots = json.loads(project.run("dvc", "plots", "show", "--json").stdout)
+    assert not plots.get("errors"), plots["errors"]  # the loss curve and the pictures, by `dvc plots`
+    assert {"plots/evaluate/samples.png", "plots/evaluate/nearest.png"} <= set(plots["data"])
+    loss = plots["data"]["loss"][0]["content"]["data"]["values"]
+    assert {row["filename::field"] for row in loss} == {"train_steps.json::train_loss", "train.json::val_loss"}
 
     version = json.loads((project.root / "metrics/register.json").read_text())["version"]
     with project.serve(f"models:/image-generator/{version}") as url:

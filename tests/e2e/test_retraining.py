@@ -18,6 +18,7 @@ import pytest
 import requests
 import yaml
 
+from config.params import load_params
 from registry.lineage import lock_digest
 from tests.e2e.conftest import Project, make_project, stop
 
@@ -130,6 +131,11 @@ def test_deployments_on_a_real_prefect_server_run_on_schedule_and_tag_lineage(pr
             # serve process executes the first one when it comes due (within a minute).
             run = wait_until(lambda: (runs := scheduled_runs(api, retrain["id"])) and runs[0], "a scheduled run",
                              120, server_log)
+            # A valid on-demand run started while the retrain runs queues for the workspace slot, then completes.
+            wait_until(lambda: requests.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["state"]["type"]
+                       == "RUNNING", "the scheduled run running", 180, serve_log)
+            queued = requests.post(f"{api}/deployments/{demand['id']}/create_flow_run", timeout=10, json={
+                "parameters": {"overrides": {"train.max_steps": 20, "train.eval_interval": 10}}}).json()
             bad_state = wait_until(lambda: final(api, bad["id"]), "on-demand run finished", 300, serve_log)
             assert bad_state["type"] == "FAILED"
             assert "train.max_stepz: unknown key" in bad_state["message"]
@@ -137,6 +143,14 @@ def test_deployments_on_a_real_prefect_server_run_on_schedule_and_tag_lineage(pr
             assert state["type"] == "COMPLETED", (state, serve_log.read_text()[-4000:])
             artifacts = requests.post(f"{api}/artifacts/filter", timeout=10,
                                       json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+            queued_state = wait_until(lambda: final(api, queued["id"]), "queued on-demand run finished", 900, serve_log)
+            assert queued_state["type"] == "COMPLETED", (queued_state, serve_log.read_text()[-4000:])
+            logged = [log["message"] for log in requests.post(f"{api}/logs/filter", timeout=10, json={
+                "logs": {"flow_run_id": {"any_": [queued["id"]]}}, "sort": "TIMESTAMP_ASC"}).json()]
+            assert any("slot" in m and "acquired after" in m for m in logged), (logged[:20], serve_log.read_text()[-4000:])
+            finished = {r: requests.get(f"{api}/flow_runs/{r}", timeout=10).json()["end_time"]
+                        for r in (run["id"], queued["id"])}
+            assert finished[queued["id"]] > finished[run["id"]]  # it waited for the retrain to end
             # Let a retrain that came due meanwhile (enqueued behind the first, then a no-op) finish before stopping.
             wait_until(lambda: not requests.post(f"{api}/flow_runs/filter", timeout=10, json={"flow_runs": {
                 "state": {"type": {"any_": ["RUNNING", "PENDING"]}}}}).json(), "no run in progress", 300, serve_log)
@@ -162,6 +176,12 @@ def test_deployments_on_a_real_prefect_server_run_on_schedule_and_tag_lineage(pr
     report = reports[0]["data"]
     assert f"challenger v{mv.version}" in report and "**Decision: promoted**" in report
     assert "test_bpb ◀ gate" in report and run["id"] in report
+    uri = load_params(proj.root / "params.yaml").register.tracking_uri  # sqlite: how to open the MLflow UI on it
+    assert f"run `mlflow ui --backend-store-uri {uri}`" in report
+    assert f"#/models/{name}/versions/{mv.version}>" in report and f"/runs/{mv.run_id}>" in report
+    bars = {a["key"]: a for a in artifacts if a["type"] == "progress"}  # the Prefect UI's progress bars
+    assert bars["genpipe-train-progress"]["data"] == 100.0, bars
+    assert bars["genpipe-train-progress"]["description"].startswith(f"train: {proj.params['train']['max_steps']}/")
 
 
 def test_changed_raw_data_reruns_ingest_onward_and_a_param_only_its_readers(proj):

@@ -94,6 +94,15 @@ def image_array(arrays: dict[str, np.ndarray], source: str, name: str = "dcgan",
     return setup
 
 
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def after(stages: tuple[str, ...], setup: Callable[[Project], None]):
     """Run `setup`, then the given earlier stages in-process, so the failing stage gets its inputs."""
     def run(p: Project) -> None:
@@ -158,6 +167,21 @@ CASES = [
     # params.yaml
     Case("malformed YAML", "ingest", "malformed YAML at line", raw_params("ingest: [unclosed\n")),
     Case("params.yaml is a list", "ingest", "expected a mapping of sections", raw_params("- ingest\n")),
+    Case("params.yaml is empty", "ingest", "params.yaml is empty", raw_params("# nothing here\n")),
+    Case("params.yaml is missing", "train", "params file not found",
+         lambda p: (p.root / "params.yaml").unlink(missing_ok=True)),
+    Case("lora for a generator without it", "train", "supported for the gpt generator only",
+         text_params(model={"name": "lstm", "lora": {"r": 4}})),
+    Case("held-out fractions too large", "preprocess", "preprocess.val_fraction: Input should be less than 0.5",
+         text_params(preprocess={"val_fraction": 0.6, "test_fraction": 0.5})),
+    Case("heads that do not divide the width", "train", "model.gpt: n_embd (30) must be divisible by n_head (4)",
+         text_params(model={"gpt": {"n_embd": 30, "n_head": 4}})),
+    Case("unknown personal-data policy", "clean", "clean.pii", text_params(clean={"pii": "erase"})),
+    Case("unknown tokenizer", "preprocess", "preprocess.tokenizer", text_params(preprocess={"tokenizer": "wordpiece"})),
+    Case("unknown precision", "train", "train.precision", text_params(train={"precision": "fp8"})),
+    Case("diffusion channels not divisible into groups", "train", "must be multiples of norm_num_groups (8)",
+         lambda p: write_params(p, {}, image_params({"model": {"ddpm": {"block_out_channels": [30, 60],
+                                                                         "norm_num_groups": 8}}}, "ddpm"))),
     Case("unknown section", "ingest", "trian: unknown key; allowed keys:", text_params(trian={"lr": 1})),
     Case("unknown nested key", "train", "train.max_step: unknown key", text_params(train={"max_step": 5})),
     Case("wrong type", "train", "train.max_steps: Input should be a valid integer", text_params(train={"max_steps": "many"})),
@@ -206,6 +230,20 @@ CASES = [
          after(("ingest", "clean", "preprocess"),
                image_array({"x": np.random.default_rng(0).integers(0, 255, (40, 8, 8), dtype=np.uint8)}, "x.npy",
                            name="cdcgan"))),
+    # limits that fail fast, before anything is allocated or trained
+    Case("a batch far beyond memory", "train", "with train.batch_size=10000000 needs about",
+         after(("ingest", "clean", "preprocess"), corpus_then(train={"batch_size": 10_000_000}))),
+    Case("an RNN batch beyond memory", "train", "model.lstm.block_size=16 with train.batch_size=100000000 needs",
+         after(("ingest", "clean", "preprocess"),
+               corpus_then(model={"name": "lstm", "lstm": {"block_size": 16}}, train={"batch_size": 100_000_000}))),
+    Case("a window longer than the training text", "train", "model.lstm.block_size=1000000 is longer than the training text",
+         after(("ingest", "clean", "preprocess"),
+               corpus_then(model={"name": "lstm", "lstm": {"block_size": 1_000_000}}))),
+    Case("tracking server not answering", "train", "register.tracking_uri: no MLflow server answers at",
+         after(("ingest", "clean", "preprocess"),
+               lambda p: corpus_then(register={"tracking_uri": f"http://127.0.0.1:{closed_port()}"})(p))),
+    Case("tracking server not answering at register", "register", "register.tracking_uri: no MLflow server answers",
+         lambda p: write_params(p, {"register": {"tracking_uri": f"http://127.0.0.1:{closed_port()}"}})),
     # the disk fills up during a write (RLIMIT_FSIZE: writes past the limit fail with EFBIG)
     Case("disk full during a write", "ingest", "no space left to write",
          text_params(ingest={"sources": ["embedded:pydoc"]}), limit_file_size=100_000),
@@ -237,8 +275,8 @@ def test_bad_input_gets_one_clear_line_and_a_non_zero_exit(project, case):
     assert errors[0].startswith(f"error: {case.stage}: ") and case.expect in errors[0], errors[0]
 
 
-def test_there_are_at_least_thirty_cases():
-    assert len(CASES) >= 30 and len({c.name for c in CASES}) == len(CASES)
+def test_there_are_at_least_forty_five_cases():
+    assert len(CASES) >= 45 and len({c.name for c in CASES}) == len(CASES)
 
 
 def test_a_failed_write_leaves_no_partial_output(project):
@@ -249,3 +287,44 @@ def test_a_failed_write_leaves_no_partial_output(project):
     assert not raw.exists() or not any(raw.iterdir())  # nothing a later stage or DVC would accept
     leftovers = [p.name for p in (project.root / "data").iterdir() if p.name.startswith(".")]
     assert not leftovers, leftovers
+
+
+FAIL_FAST = [c for c in CASES if "beyond memory" in c.name or "tracking server" in c.name]
+
+
+@pytest.mark.parametrize("case", FAIL_FAST, ids=[c.name for c in FAIL_FAST])
+def test_limits_fail_fast_with_exit_2(project, case):
+    import time
+
+    case.setup(project)
+    start = time.monotonic()
+    proc = run_stage_cli(project.root, case.stage)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert elapsed < 30, f"{case.name} took {elapsed:.1f} s to fail"
+    assert not (project.root / "artifacts" / "train").exists()  # nothing was trained
+
+
+def test_a_run_that_would_take_days_is_reported_from_its_first_steps(project):
+    import time
+
+    after(("ingest", "clean", "preprocess"), corpus_then(train={"max_steps": 10**12, "log_interval": 5,
+                                                                "eval_interval": 10**11}))(project)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for name in ("GENPIPE_DEBUG", "GENPIPE_LOCK_TOKEN"):
+        env.pop(name, None)
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=project.root, env=env, text=True,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "would take about" in line or time.monotonic() > deadline:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    warning = [line for line in lines if "would take about" in line]
+    assert warning, "".join(lines[-20:])
+    assert "train.max_steps=1000000000000" in warning[0] and "years" in warning[0] and "s/step" in warning[0]

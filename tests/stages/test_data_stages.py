@@ -16,14 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from config.catalog import CLEAN_FILE
-from tasks.clean import clean
-from runtime.errors import DataError
-from config.catalog import CORPUS_FILE, MANIFEST_FILE
-from tasks.ingest import ingest
-from runtime.io import read_json, read_jsonl
+from config.catalog import CLEAN_FILE, CORPUS_FILE, MANIFEST_FILE, META_FILE, TOKENIZER_FILE
 from dataprep.tokenize import EOT, SPLITS, split_of, stream_bytes, train_tokenizer
-from config.catalog import META_FILE, TOKENIZER_FILE
+from runtime.errors import DataError
+from runtime.io import read_json, read_jsonl
+from tasks.clean import clean
+from tasks.ingest import ingest
 from tasks.preprocess import preprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -522,8 +520,8 @@ def in_memory_reference(params, directory: Path) -> dict[str, bytes]:
     import math
     from collections import Counter
 
-    from runtime.io import write_json
     from dataprep.tokenize import encode_stream, split_documents, train_char_tokenizer
+    from runtime.io import write_json
 
     cfg = params.preprocess
     splits = split_documents([r["text"] for r in read_jsonl(params.clean.out_dir / CLEAN_FILE)], cfg)

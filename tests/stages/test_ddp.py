@@ -23,16 +23,16 @@ import psutil
 import pytest
 import torch
 
-from models.base import WEIGHTS_FILE, load_generator
-from tasks.clean import clean
-from runtime.errors import UserError
-from tasks.ingest import ingest
-from runtime.io import read_json
 from config.params import Params, parse_params
+from models.base import WEIGHTS_FILE, load_generator
+from runtime.errors import UserError
+from runtime.io import read_json
+from tasks.clean import clean
+from tasks.ingest import ingest
 from tasks.preprocess import preprocess
-from training.trainer import ImageBatches, StreamWindows, TokenWindows
 from tasks.train import train
 from tests.conftest import TINY_IMAGE, Project, merge
+from training.trainer import ImageBatches, StreamWindows, TokenWindows
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

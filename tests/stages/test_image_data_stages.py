@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.clean import clean
-from runtime.errors import DataError
-from tasks.ingest import ingest
 from dataprep.tokenize import load_images
+from runtime.errors import DataError
+from tasks.clean import clean
+from tasks.ingest import ingest
 from tasks.preprocess import preprocess
 from tests.conftest import REPO_ROOT, TINY_IMAGE
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from runtime.errors import DataError
 from tasks.classifier import classifier
 from tasks.clean import clean
-from runtime.errors import DataError
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.preprocess import preprocess
@@ -46,13 +46,13 @@ def test_each_image_generator_trains_evaluates_registers_and_serves_pngs(project
     for key in ("fid", "kid", "precision", "recall", "fid_real_floor", "inception_score"):
         assert metrics[key] is not None and np.isfinite(metrics[key]), key
     assert metrics["fid"] >= 0 and 0 <= metrics["precision"] <= 1 and metrics["n_images"] == 20
-    grid = Image.open(params.evaluate.out_dir / "samples.png")
+    grid = Image.open(params.evaluate.plots_dir / "samples.png")
     assert grid.size == (4 * 8 + 5, 4 * 8 + 5)  # 4x4 images of 8 px with 1 px padding
-    assert (params.evaluate.out_dir / "reconstructions.png").exists() == (name == "vae")
+    assert (params.evaluate.plots_dir / "reconstructions.png").exists() == (name == "vae")
     assert ("class_accuracy" in metrics) == (name == "cdcgan")
     assert 0 <= metrics["memorization"] <= 1 and 0 <= metrics["memorization_real"] <= 1
     assert metrics["diversity"] > 0 and metrics["copy_threshold"] > 0
-    nearest = Image.open(params.evaluate.out_dir / "nearest.png")
+    nearest = Image.open(params.evaluate.plots_dir / "nearest.png")
     assert nearest.size == (4 * 8 + 5, 2 * 8 + 3)  # 4 closest samples over their nearest training images
 
     result = register(params)

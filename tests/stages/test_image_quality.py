@@ -11,9 +11,9 @@ from tasks.clean import clean
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.preprocess import preprocess
-from training.trainer import build_model
 from tasks.train import train
 from tests.conftest import TINY_IMAGE
+from training.trainer import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -50,8 +50,8 @@ def test_the_classifier_recognises_real_digits(digits):
 
 
 def test_a_trained_generator_scores_far_better_than_an_untrained_one(digits, tmp_path):
-    from runtime.io import read_json, write_json
     from config.catalog import META_FILE
+    from runtime.io import read_json, write_json
 
     params, trained = digits
     assert trained["fid_real_floor"] < trained["fid"]  # the floor is a floor
@@ -80,5 +80,5 @@ def test_the_sample_grid_shows_one_class_per_row(digits):
     from PIL import Image
 
     params, _ = digits
-    grid = Image.open(params.evaluate.out_dir / "samples.png")
+    grid = Image.open(params.evaluate.plots_dir / "samples.png")
     assert grid.size == (10 * 16 + 11,) * 2  # 10x10 cells of 16 px with 1 px padding

@@ -14,18 +14,16 @@ import pandas as pd
 import pytest
 import torch
 
+from config.catalog import CONTINUATIONS_FILE, META_FILE, RUN_FILE, SAMPLES_FILE
+from config.params import parse_params
 from models.base import CONFIG_FILE, WEIGHTS_FILE, load_generator
+from registry.gate import CHALLENGER, CHAMPION
+from runtime.io import read_json, read_jsonl
 from tasks.clean import clean
-from config.catalog import CONTINUATIONS_FILE, SAMPLES_FILE
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
-from runtime.io import read_json, read_jsonl
-from config.params import parse_params
-from config.catalog import META_FILE
 from tasks.preprocess import preprocess
-from registry.gate import CHALLENGER, CHAMPION
 from tasks.register import register
-from config.catalog import RUN_FILE
 from tasks.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +111,13 @@ def test_train_writes_model_metrics_and_loss_curve_then_resumes_to_identical_wei
     assert run.info.status == "FINISHED"
     assert run.data.params["model.name"] == "gpt" and run.data.params["train.max_steps"] == "4"
     assert {"train_loss", "val_loss", "lr"} <= set(run.data.metrics)
+    steps = read_json(params.train.steps_plots_path)  # the curve `dvc plots show` draws: every log interval
+    assert [row["step"] for row in steps] == list(range(params.train.log_interval, 5, params.train.log_interval))
+    assert steps[-1]["lr"] > 0 and all(math.isfinite(row["train_loss"]) for row in steps)
+    tables = [a.path for a in mlflow.MlflowClient(params.register.tracking_uri).list_artifacts(run_id, "samples")]
+    assert tables == ["samples/step_000002.json", "samples/step_000004.json"]  # text samples at each validation
+    table = read_json(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=tables[-1])))
+    assert table["columns"] == ["step", "prompt", "sample"] and len(table["data"]) == 4
 
     weights = (out / WEIGHTS_FILE).read_bytes()
     caplog.clear()

@@ -20,11 +20,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from config.params import parse_params
 from models.base import WEIGHTS_FILE
+from runtime.io import read_json
 from tasks.clean import clean
 from tasks.ingest import ingest
-from runtime.io import read_json
-from config.params import parse_params
 from tasks.preprocess import preprocess
 from tasks.train import train
 from tests.conftest import REPO_ROOT, TINY_IMAGE, Project, merge
@@ -110,4 +110,5 @@ def test_three_kills_then_resume_give_the_uninterrupted_bytes(tmp_path, family):
         theirs = ref_params.train.checkpoint_dir / key / "last" / name
         assert ours.read_bytes() == theirs.read_bytes(), name
     assert read_json(params.train.plots_path) == read_json(ref_params.train.plots_path)
+    assert read_json(params.train.steps_plots_path) == read_json(ref_params.train.steps_plots_path)  # every point
     shutil.rmtree(tmp_path, ignore_errors=True)

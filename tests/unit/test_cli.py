@@ -55,3 +55,21 @@ def test_the_installed_packages_are_the_project_packages():
     assert tuple(project["tool"]["setuptools"]["packages"]) == PACKAGES
     assert {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name not in ("tests", "bench")} == set(PACKAGES)
     assert project["project"]["scripts"]["genpipe"] == "flows.genpipe:main"
+
+
+def test_deploy_against_a_server_that_is_not_up_says_so_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
+    (tmp_path / "params.yaml").write_text("{}\n")
+    env = {"PYTHONPATH": str(ROOT), "PATH": str(Path(sys.executable).parent), "HF_HUB_OFFLINE": "1",
+           "PREFECT_HOME": str(tmp_path / ".prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_CLIENT_MAX_RETRIES": "0"}
+    proc = subprocess.run([sys.executable, "-m", "flows.deploy"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: deploy: no Prefect server answers at http://127.0.0.1:{port}/api")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows.experiments import best_version, exp_name, set_args, validate_sets
-from flows.report import report_markdown, sweep_markdown
+from flows.report import mlflow_links, report_markdown, sweep_markdown
 from runtime.errors import ParamsError
 from registry.lineage import lock_digest
 from config.params import apply_overrides, parse_params, state_root
@@ -187,6 +187,16 @@ def test_report_says_which_guard_refused_a_challenger():
     md = report_markdown("m", ["register"], refused, {"version": "7", "tags": CHALLENGER["tags"]}, [])
     assert "**Decision: refused_by_guard**" in md and f"Refused champion by guard: {why}" in md
     assert "Refused" not in report_markdown("m", ["register"], CHALLENGER, CHALLENGER, [])
+
+
+def test_report_links_the_version_and_its_run_in_the_mlflow_ui():
+    version = {**CHALLENGER, "run_id": "r1", "experiment_id": "4"}
+    md = report_markdown("text-generator", ["register"], version, version, [], "http://mlflow.internal:5000/")
+    assert ("MLflow: [model version](http://mlflow.internal:5000/#/models/text-generator/versions/7), "
+            "[training run](http://mlflow.internal:5000/#/experiments/4/runs/r1)") in md
+    (local,) = mlflow_links("sqlite:///mlruns.db", "m", {"version": "2"})  # no run known: the version only
+    assert local == ("MLflow: run `mlflow ui --backend-store-uri sqlite:///mlruns.db`, then open "
+                     "model version <http://127.0.0.1:5000/#/models/m/versions/2>")
 
 
 def test_report_of_a_run_with_nothing_stale():

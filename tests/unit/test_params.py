@@ -54,8 +54,11 @@ def test_repo_params_yaml_loads_with_paths_under_the_repo():
     assert Path(params.register.tracking_uri.removeprefix("sqlite:///")).is_absolute()
 
 
-def test_empty_file_gives_schema_defaults(tmp_path):
+def test_an_empty_file_is_refused_but_an_empty_mapping_gives_schema_defaults(tmp_path):
     (tmp_path / "params.yaml").write_text("# nothing set\n", encoding="utf-8")
+    with pytest.raises(ParamsError, match=r"^params.yaml is empty: every stage reads its settings from it"):
+        load_params(tmp_path / "params.yaml")  # running on defaults would overwrite the user's data/raw
+    (tmp_path / "params.yaml").write_text("{}\n", encoding="utf-8")
     params = load_params(tmp_path / "params.yaml")
     assert params.ingest.sources == ["embedded:pydoc"]
     assert params.preprocess.vocab_size == 2048
