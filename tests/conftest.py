@@ -34,7 +34,7 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
-from config.params import Params, parse_params# noqa: E402  (after the environment is set)
+from config.params import Params, parse_params  # noqa: E402  (after the environment is set)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

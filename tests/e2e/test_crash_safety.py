@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from runtime.lock import LOCK_FILE
 from config.params import STAGES
+from runtime.lock import LOCK_FILE
 from tests.e2e.conftest import make_project
 
 pytestmark = pytest.mark.e2e

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from registry.cards import data_card, guards, model_card
 from config.params import parse_params
+from registry.cards import data_card, guards, model_card
 
 PROVENANCE = {
     "modality": "text", "retrieved_at": "2026-11-23T10:00:00+00:00", "undeclared_licenses": ["data/inputs/x.txt"],

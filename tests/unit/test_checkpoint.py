@@ -9,7 +9,16 @@ import pickle
 import pytest
 import torch
 
-from training.checkpoint import MODEL_FILE, STATE_FILE, TENSORS_FILE, flatten, load_checkpoint, previous_checkpoint, save_checkpoint, unflatten
+from training.checkpoint import (
+    MODEL_FILE,
+    STATE_FILE,
+    TENSORS_FILE,
+    flatten,
+    load_checkpoint,
+    previous_checkpoint,
+    save_checkpoint,
+    unflatten,
+)
 
 
 def json_round_trip(obj, prefix="state"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dataprep.text_clean import clean_documents, normalize, strip_controls
 from config.params import CleanParams
+from dataprep.text_clean import clean_documents, normalize, strip_controls
 
 
 def test_normalize_composes_to_nfc():

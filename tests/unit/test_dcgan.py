@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.dcgan import CDCGAN, DCGAN, DCGANConfig
 from config.params import TrainParams
+from models.dcgan import CDCGAN, DCGAN, DCGANConfig
 from training.trainer import Optimizers
 
 CPU = torch.device("cpu")

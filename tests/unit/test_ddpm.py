@@ -11,9 +11,9 @@ from safetensors.torch import load_model, save_model
 
 import models.base
 import models.ddpm
+from config.params import TrainParams
 from models.base import load_generator
 from models.ddpm import DDPM, DDPMConfig
-from config.params import TrainParams
 from training.trainer import Optimizers
 
 CPU = torch.device("cpu")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.gpt import GPT, GPTConfig
-from models.base import scoring_windows
 from evaluation.scoring import bits_per_byte, prompt_offsets, text_scores
+from models.base import scoring_windows
+from models.gpt import GPT, GPTConfig
 
 CPU = torch.device("cpu")
 

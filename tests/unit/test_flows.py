@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from config.params import apply_overrides, parse_params, state_root
 from flows.experiments import best_version, exp_name, set_args, validate_sets
 from flows.report import mlflow_links, report_markdown, sweep_markdown
-from runtime.errors import ParamsError
 from registry.lineage import lock_digest
-from config.params import apply_overrides, parse_params, state_root
+from runtime.errors import ParamsError
 
 ROOT = Path("/proj")
 

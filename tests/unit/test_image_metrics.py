@@ -11,8 +11,20 @@ import pytest
 import torch
 from PIL import Image
 
+from evaluation.image_metrics import (
+    class_accuracy,
+    density_coverage,
+    fid_floor,
+    frechet_distance,
+    grid_png,
+    image_scores,
+    inception_score,
+    kernel_distance,
+    precision_recall,
+    to_uint8,
+    to_unit,
+)
 from models.classifier import ClassifierConfig, fit_classifier
-from evaluation.image_metrics import class_accuracy, density_coverage, fid_floor, frechet_distance, grid_png, image_scores, inception_score, kernel_distance, precision_recall, to_uint8, to_unit
 from tests.image_data import digits
 
 # ---------------------------------------------------------------------------------------------- pixel convention

@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dataprep.images import (
+    RawImage,
+    decode,
+    encode_png,
+    has_colour,
+    label_ids,
+    read_pack,
+    square_resize,
+    to_mode,
+    write_pack,
+)
 from runtime.errors import DataError
-from dataprep.images import RawImage, decode, encode_png, has_colour, label_ids, read_pack, square_resize, to_mode, write_pack
 
 
 def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from runtime.errors import DataError
 from dataprep.sources import decode_utf8, documents_from_bytes, paragraph_documents, parse_jsonl
+from runtime.errors import DataError
 
 
 def test_paragraph_documents_groups_paragraphs_up_to_the_target():

@@ -10,8 +10,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from runtime.errors import ParamsError
 from config.params import load_params, parse_params
+from runtime.errors import ParamsError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

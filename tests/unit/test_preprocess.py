@@ -11,9 +11,22 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from runtime.errors import DataError
 from config.params import PreprocessParams
-from dataprep.tokenize import EOT, SPLITS, ByteStats, TokenStreamWriter, batches, byte_entropy, encode_stream, iter_documents, split_documents, split_of, stream_bytes, train_tokenizer
+from dataprep.tokenize import (
+    EOT,
+    SPLITS,
+    ByteStats,
+    TokenStreamWriter,
+    batches,
+    byte_entropy,
+    encode_stream,
+    iter_documents,
+    split_documents,
+    split_of,
+    stream_bytes,
+    train_tokenizer,
+)
+from runtime.errors import DataError
 
 DOCS = [f"document number {i}: some words about item {i * 7 % 13}" for i in range(2000)]
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.errors import DataError, ParamsError
 from config.params import TrainParams
 from runtime.device import pick_device
+from runtime.errors import DataError, ParamsError
 from training.trainer import TokenWindows, lr_at, run_key
 
 CPU = torch.device("cpu")

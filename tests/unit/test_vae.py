@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from models.vae import DECODER_STD, VAE, VAEConfig
 from config.params import TrainParams
+from models.vae import DECODER_STD, VAE, VAEConfig
 from training.trainer import Optimizers
 
 CPU = torch.device("cpu")
