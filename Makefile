@@ -26,6 +26,7 @@ $(STAMP): requirements.lock pyproject.toml
 setup: $(STAMP)  ## create .venv with the pinned stack
 
 run: setup  ## run the default pipeline (dvc repro) on the embedded corpus
+	python -m cli.preflight
 	dvc repro
 
 flow: setup  ## run the same pipeline as a Prefect flow

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     create_model,
@@ -296,11 +297,12 @@ class TrainParams(Section):
     plots_path: ProjectPath = Path("plots/train.json")  # one row per validation: step, train_loss, val_loss
     steps_plots_path: ProjectPath = Path("plots/train_steps.json")  # one row per log_interval: step, train_loss, lr
 
-    @model_validator(mode="after")
-    def _warmup(self) -> TrainParams:
-        if self.warmup_steps >= self.max_steps and self.max_steps > 1:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
-        return self
+    @property
+    def warmup(self) -> int:
+        """The warmup the schedule uses: `warmup_steps`, or a tenth of the run when the run is not longer than
+        its warmup (`dvc exp run -S train.max_steps=50` against the default 50 warmup steps), which the train
+        stage reports."""
+        return self.warmup_steps if self.warmup_steps < self.max_steps else self.max_steps // 10
 
 
 class EvaluateParams(Section):
@@ -444,12 +446,26 @@ with warnings.catch_warnings():
         register: RegisterParams = Field(default_factory=dict)
         flow: FlowParams = Field(default_factory=dict)
         root: Path = Field(default=Path("."), exclude=True)  # the project directory (set by the loader)
+        _shadowed: dict[str, tuple[Any, Any]] = PrivateAttr(default_factory=dict)
+
+        def shadowed_train(self) -> dict[str, tuple[Any, Any]]:
+            """Loop settings given in the `train` section that the chosen generator's `model.<name>.train` replaces:
+            {key: (the train section's value, the value used)}. The train stage reports each, so a
+            `-S train.max_steps=100` that an image generator's own max_steps overrides is never silent."""
+            return dict(self._shadowed)
+
+        def train_key(self, key: str) -> str:
+            """The params key a loop setting comes from: `model.<name>.train.<key>` or `train.<key>`."""
+            return (f"model.{self.model.name}.train.{key}" if key in (self.model.hparams.train or {})
+                    else f"train.{key}")
 
         @model_validator(mode="after")
         def _resolve_for_generator(self) -> Params:
             """Apply the chosen generator's `train` overrides; fill the registry defaults of its modality."""
             modality = self.model.modality
             overrides = self.model.hparams.train or {}
+            given = {k: getattr(self.train, k) for k in self.train.model_fields_set}  # set in the train section
+            self._shadowed = {k: (given[k], v) for k, v in overrides.items() if k in given and given[k] != v}
             if overrides:
                 merged = {**self.train.model_dump(), **overrides}
                 try:

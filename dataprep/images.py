@@ -91,12 +91,12 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 def decode(data: bytes):
     """Decode an image fully (not lazily); raise DataError if it is corrupt, truncated or not an image."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-        return img
+        return ImageOps.exif_transpose(img)  # a phone photo stored sideways with an EXIF orientation: upright
     except Image.DecompressionBombError as exc:  # a tiny file that decodes to billions of pixels
         raise DataError(f"refused image: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -194,6 +194,11 @@ def read_image_folder(path: Path, pattern: str) -> list[RawImage]:
     if not files:
         raise DataError(f"source {pattern!r}: directory has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     labelled = all(len(f.relative_to(path).parts) > 1 for f in files)
+    if labelled:
+        used = {f.relative_to(path).parts[0] for f in files}
+        for folder in sorted(p.name for p in path.iterdir() if p.is_dir() and p.name not in used):
+            log.warning("ingest: class folder %s has no image files: that class is left out",
+                        f"{pattern.rstrip('/')}/{folder}")
     out = []
     for f in files:
         data = f.read_bytes()

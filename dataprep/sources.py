@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -124,6 +125,64 @@ def read_embedded(name: str) -> tuple[list[str], bytes]:
     return paragraph_documents(raw), raw.encode("utf-8")
 
 
+REMOTE_PREFIXES = ("embedded:", "hf:", "http://", "https://")
+
+
+def special_files(path: Path) -> list[tuple[Path, str]]:
+    """Return what under `path` (a file or a folder, not following symlinked folders) is not a regular file or
+    folder, with what it is: named pipes, sockets and devices (reading one blocks or never ends: `dvc status`
+    and `dvc repro` hang hashing it) and symlinks whose target is missing (DVC fails on them)."""
+    import stat
+
+    def kind(p: Path) -> str | None:
+        try:
+            mode = p.lstat().st_mode
+        except OSError:
+            return None
+        if stat.S_ISLNK(mode):
+            return None if p.exists() else "a symlink to a missing target"
+        if stat.S_ISFIFO(mode):
+            return "a named pipe (FIFO)"
+        if stat.S_ISSOCK(mode):
+            return "a socket"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            return "a device file"
+        return None
+
+    found = []
+    if not path.is_dir() or path.is_symlink():
+        what = kind(path)
+        return [(path, what)] if what else []
+    for folder, dirs, files in os.walk(path):
+        for name in sorted(dirs + files):
+            what = kind(Path(folder) / name)
+            if what:
+                found.append((Path(folder) / name, what))
+    return sorted(found)
+
+
+def check_local_sources(paths: list[Path], root: Path) -> None:
+    """Raise DataError naming the first special file (see `special_files`) under any of `paths`."""
+    for path in paths:
+        for bad, what in special_files(path):
+            shown = bad.relative_to(root) if bad.is_relative_to(root) else bad
+            raise DataError(f"{shown} is {what}: DVC and ingest cannot read it (DVC would hang or fail hashing "
+                            f"{path.relative_to(root) if path.is_relative_to(root) else path}); remove it")
+
+
+def local_source_paths(sources: list[str], root: Path) -> list[Path]:
+    """The local files and folders among `sources` (globs: their fixed leading folder)."""
+    out = []
+    for source in sources:
+        if source.startswith(REMOTE_PREFIXES):
+            continue
+        fixed = source.split("*")[0].split("?")[0].split("[")[0]
+        path = Path(fixed) if Path(fixed).is_absolute() else root / fixed
+        if path.exists() or path.is_symlink():
+            out.append(path)
+    return out
+
+
 def expand_local(pattern: str, root: Path) -> list[Path]:
     """Resolve a file, directory or glob to the sorted list of readable text files it names."""
     path = Path(pattern) if Path(pattern).is_absolute() else root / pattern
@@ -207,8 +266,10 @@ def read_source(source: str, cfg: IngestParams, root: Path) -> tuple[list[Docume
         texts, records = [], []
         for path in expand_local(source, root):
             raw = path.read_bytes()
-            if not raw:
-                raise DataError(f"source file {path} is empty (0 bytes)")
+            if not raw:  # skipped and counted (ingest's `skipped_empty_files`), like an undecodable image
+                log.warning("ingest: skipped %s: empty (0 bytes)", path)
+                records.append(SourceRecord(str(path), 0, 0, sha256_bytes(raw)))
+                continue
             file_texts = documents_from_bytes(raw, path.name, str(path), cfg.text_field)
             texts += file_texts
             records.append(SourceRecord(str(path), len(file_texts), len(raw), sha256_bytes(raw)))

@@ -64,6 +64,31 @@ def best_version(rows: list[dict], greater_is_better: bool) -> str | None:
     return pick["version"]
 
 
+def routed(overrides: dict[str, Any], params: Params) -> dict[str, Any]:
+    """Return `overrides` with each `train.<key>` that the chosen generator's own `model.<name>.train` sets moved
+    there, so an explicit override takes effect (the generator's loop settings would otherwise win)."""
+    own = params.model.hparams.train or {}
+    out = {}
+    for key, value in overrides.items():
+        section, _, field = str(key).partition(".")
+        out[f"model.{params.model.name}.train.{field}" if section == "train" and field in own else key] = value
+    return out
+
+
+def shared_register(sets: list[Params]):
+    """Return the `register` section every param set shares: one registered model and one gate per sweep. Sets
+    that register to different models (a text and an image generator) are refused in one line."""
+    names: dict[str, list[int]] = {}
+    for i, params in enumerate(sets):
+        reg = params.register
+        names.setdefault(f"{reg.model_name} gated on {reg.promote_metric}", []).append(i + 1)
+    if len(names) > 1:
+        parts = "; ".join(f"{name} (set{'s' * (len(ids) > 1)} {', '.join(map(str, ids))})" for name, ids in names.items())
+        raise ParamsError(f"param sets: they register to different models ({parts}); one sweep gates one "
+                          "registered model: run one sweep per model")
+    return sets[0].register
+
+
 def validate_sets(params_path: str, param_sets: list[dict[str, Any]]) -> list[Params]:
     """Validate every set against the params schema; raise one ParamsError naming the set and the key."""
     if not param_sets:
@@ -101,14 +126,15 @@ def run_experiment(root: str, name: str, overrides: dict[str, Any], flow_run_id:
     return proc.wait()
 
 
-def _versions_of_run(params: Params, flow_run_id: str) -> dict[str, dict]:
-    """Return {dvc experiment name: model version} for the versions this flow run registered."""
+def _versions_of_run(cfg, flow_run_id: str) -> dict[str, dict]:
+    """Return {dvc experiment name: model version} for the versions this flow run registered under the sets'
+    registered model (`cfg`: their shared register section)."""
     import mlflow
 
-    mlflow.set_tracking_uri(params.register.tracking_uri)
+    mlflow.set_tracking_uri(cfg.tracking_uri)
     client = mlflow.MlflowClient()
     found = {}
-    for mv in client.search_model_versions(f"name='{params.register.model_name}'"):
+    for mv in client.search_model_versions(f"name='{cfg.model_name}'"):
         if mv.tags.get("prefect_flow_run_id") == flow_run_id and mv.tags.get("dvc_experiment"):
             found[mv.tags["dvc_experiment"]] = {"version": str(mv.version), "tags": mv.tags}
     return found
@@ -128,7 +154,8 @@ def sweep(param_sets: list[dict[str, Any]], params_path: str = PARAMS_FILE) -> d
     quiet_expected_errors()
     params_path = str(Path(params_path).resolve())
     base = load_params(params_path)
-    validate_sets(params_path, param_sets)
+    sets = validate_sets(params_path, param_sets)
+    cfg = shared_register(sets)  # the sets' registered model (a set may pick another modality than params.yaml)
     run_id, run_name = str(flow_run.id), str(flow_run.name or "sweep")
     connect(base.register)  # create the MLflow experiment in the main project before any copy runs
     # A deployed run queues for the workspace slot (flows/slots.py) behind a retrain or another sweep.
@@ -136,12 +163,11 @@ def sweep(param_sets: list[dict[str, Any]], params_path: str = PARAMS_FILE) -> d
         rows = []
         for i, overrides in enumerate(param_sets):
             name = exp_name(run_name, i)
-            code = run_experiment.with_options(name=name)(str(base.root), name, overrides, run_id)
+            code = run_experiment.with_options(name=name)(str(base.root), name, routed(overrides, sets[i]), run_id)
             rows.append({"name": name, "overrides": overrides,
                          "status": "done" if code == 0 else f"failed (exit {code})"})
 
-        cfg = base.register
-        versions = _versions_of_run(base, run_id)
+        versions = _versions_of_run(cfg, run_id)
         for row in rows:
             found = versions.get(row["name"])
             if found:

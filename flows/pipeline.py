@@ -116,7 +116,10 @@ def pipeline(params_path: str = PARAMS_FILE) -> dict[str, bool]:
     quiet_expected_errors()
     params_path = str(Path(params_path).resolve())
     params = load_params(params_path)  # fail before any stage runs if params.yaml is invalid
+    from cli.preflight import preflight
     from runtime.lock import run_lock
+
+    preflight(params)  # before DVC hashes the inputs: a FIFO there would hang it
 
     ran = {}
     # A deployed run queues for the workspace slot (flows/slots.py); the lock then stops anything else at once.
@@ -142,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("params_path", nargs="?", default=None, metavar="PARAMS", help=argparse.SUPPRESS)
     parser.add_argument("--params", default=None, metavar="PATH", help="the params file (default: params.yaml here)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    run_cli("pipeline", lambda: pipeline(args.params or args.params_path or PARAMS_FILE))
+    path = args.params or args.params_path or PARAMS_FILE
+    run_cli("pipeline", lambda: load_params(path))  # a missing or bad params file: one line, no Prefect started
+    run_cli("pipeline", lambda: pipeline(path))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def clean(params: Params) -> dict:
             f"{c['dropped_empty']} empty, {c['dropped_duplicate']} duplicates, "
             f"{c['dropped_too_short']} shorter than clean.min_chars={cfg.min_chars}, "
             f"{c['dropped_too_long']} longer than clean.max_chars={cfg.max_chars}, "
-            f"{c['dropped_pii']} holding personal data (clean.pii=drop)"
+            f"{c['dropped_pii']} holding personal data (clean.pii={cfg.pii})"
         )
     with atomic_path(cfg.out_dir) as out:
         out.mkdir()

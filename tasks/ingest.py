@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
+from cli.preflight import preflight
 from config.catalog import CORPUS_FILE, MANIFEST_FILE
 from config.params import Params
 from dataprep.sources import Document, SourceRecord, _now, provenance, read_source
@@ -57,6 +58,7 @@ def ingest_images(params: Params) -> dict:
 
 def ingest(params: Params) -> dict:
     """Read every source into `<out_dir>/corpus.jsonl` (images: a pack) and record source, size and digest of each."""
+    preflight(params)  # a named pipe or dangling symlink among the inputs: one line naming it, not a hang
     if params.model.modality is IMAGE:
         return ingest_images(params)
     cfg = params.ingest
@@ -71,8 +73,10 @@ def ingest(params: Params) -> dict:
         docs += source_docs
         records += source_records
         per_source.append(source_records)
+    empty = sum(r.n_bytes == 0 for r in records)
     if not docs:
-        raise DataError("the sources yielded no documents")
+        raise DataError("the sources yielded no documents" + (f" ({empty} empty file{'s' * (empty > 1)} skipped)"
+                                                               if empty else ""))
 
     rows = [{"text": d.text, "source": d.source} for d in docs]
     with atomic_path(cfg.out_dir) as out:
@@ -87,6 +91,7 @@ def ingest(params: Params) -> dict:
         "n_documents": len(docs),
         "n_sources": len(records),
         "n_bytes": sum(r.n_bytes for r in records),
+        "skipped_empty_files": empty,
         "corpus_sha256": corpus_sha256,
     }  # no timings: the file must be identical for identical data, since later stages depend on it
     write_json(cfg.metrics_path, metrics)

@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 
 def lr_at(step: int, cfg: TrainParams) -> float:
     """Return the learning rate for update `step` (0-based): linear warmup, then cosine to lr * min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(cfg.max_steps - cfg.warmup_steps, 1)
-    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    warmup = cfg.warmup
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    span = max(cfg.max_steps - warmup, 1)
+    progress = min((step - warmup) / span, 1.0)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 

@@ -137,3 +137,21 @@ def test_bad_params_stop_the_flow_with_exit_code_2(built):
     assert proc.returncode == 2
     assert "error: pipeline: params.yaml: model.name: 'transformer-xl' is not allowed; allowed values: 'gpt', 'lstm', " \
         "'gru', 'dcgan', 'cdcgan', 'vae' or 'ddpm'" in proc.stderr
+
+
+def test_a_named_pipe_in_the_inputs_stops_make_run_and_the_flow_in_one_line_instead_of_hanging_dvc(built):
+    import os
+
+    built.run("git", "checkout", "--", "params.yaml")  # the committed params (an earlier test left bad ones)
+    fifo = built.root / "data/inputs/pipe.txt"
+    fifo.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(fifo)
+    try:
+        for cmd in ([sys.executable, "-m", "cli.preflight"], [sys.executable, "-m", "flows.pipeline"]):
+            proc = built.run(*cmd, check=False, timeout=120)  # without the check, DVC blocks reading the pipe
+            assert proc.returncode == 1, proc.stderr[-3000:]
+            assert "data/inputs/pipe.txt is a named pipe (FIFO)" in proc.stderr and "Traceback" not in proc.stderr
+        assert "python -m cli.preflight" in (built.root / "Makefile").read_text().split("\nrun:")[1].split("\n\n")[0]
+    finally:
+        fifo.unlink()
+    assert "up to date" in built.run("dvc", "status").stdout  # nothing ran, nothing changed

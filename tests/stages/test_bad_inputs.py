@@ -72,6 +72,17 @@ def symlink_loop(p: Project) -> None:
     write_params(p, {"ingest": {"sources": ["data/inputs/loop"]}})
 
 
+def fifo_in_inputs(p: Project) -> None:
+    (inputs(p) / "notes.txt").write_text("Some notes.\n\nMore notes.\n")
+    os.mkfifo(inputs(p) / "pipe.txt")  # reading it blocks until a writer comes: DVC would hang hashing it
+    write_params(p, {"ingest": {"sources": ["embedded:pydoc"]}})  # not even a source: DVC still hashes inputs_dir
+
+
+def dangling_symlink(p: Project) -> None:
+    (inputs(p) / "gone.txt").symlink_to(inputs(p) / "deleted.txt")
+    write_params(p, {"ingest": {"sources": ["data/inputs"]}})
+
+
 def image_folder(files: dict[str, bytes], name: str = "dcgan", **overrides):
     def setup(p: Project) -> None:
         folder = inputs(p) / "images"
@@ -196,7 +207,8 @@ CASES = [
     Case("missing source path", "ingest", "no such file or directory", text_params(ingest={"sources": ["data/inputs/nope.txt"]})),
     Case("empty directory", "ingest", "directory has no .jsonl/.md/.txt files",
          lambda p: (inputs(p) / "empty").mkdir() or write_params(p, {"ingest": {"sources": ["data/inputs/empty"]}})),
-    Case("0-byte file", "ingest", "is empty (0 bytes)", with_file("empty.txt", b"")),
+    Case("only a 0-byte file", "ingest", "the sources yielded no documents (1 empty file skipped)",
+         with_file("empty.txt", b"")),
     Case("binary file given as text", "ingest", "is not valid UTF-8", with_file("photo.txt", b"\x89PNG\r\n\x1a\n\x00\xff")),
     Case("invalid UTF-8", "ingest", "is not valid UTF-8 (byte 1", with_file("latin1.txt", "héllo wörld".encode("latin-1"))),
     Case("malformed JSON line", "ingest", "corpus.jsonl:2: not valid JSON", with_file("corpus.jsonl", b'{"text": "a"}\n{oops\n')),
@@ -204,6 +216,10 @@ CASES = [
          with_file("corpus.jsonl", b'{"body": "a"}\n')),
     Case("archive given as a source", "ingest", "unsupported file type '.zip'", with_file("data.zip", b"PK\x03\x04")),
     Case("symlink loop", "ingest", "directory has no .jsonl/.md/.txt files", symlink_loop),
+    Case("a named pipe among the inputs", "ingest", "data/inputs/pipe.txt is a named pipe (FIFO): DVC and ingest "
+         "cannot read it", fifo_in_inputs),
+    Case("a dangling symlink among the inputs", "ingest", "data/inputs/gone.txt is a symlink to a missing target",
+         dangling_symlink),
     Case("a 50 MB single line", "clean", "the corpus is empty after cleaning",
          after(("ingest",), with_file("huge.txt", b"x" * 50_000_000))),
     Case("unknown embedded corpus", "ingest", "unknown embedded corpus", text_params(ingest={"sources": ["embedded:wiki"]})),
@@ -277,6 +293,42 @@ def test_bad_input_gets_one_clear_line_and_a_non_zero_exit(project, case):
 
 def test_there_are_at_least_forty_five_cases():
     assert len(CASES) >= 45 and len({c.name for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("setup", [fifo_in_inputs, dangling_symlink])
+def test_preflight_refuses_special_files_before_dvc_reads_them(project, setup):
+    setup(project)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "cli.preflight"], cwd=project.root, env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: preflight: data/inputs/") and line.endswith("; remove it")
+
+
+def test_preflight_passes_a_clean_workspace_and_validates_every_params_key(project):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    ok = subprocess.run([sys.executable, "-m", "cli.preflight"], cwd=project.root, env=env, capture_output=True,
+                        text=True, timeout=60, check=False)
+    assert ok.returncode == 0, ok.stderr
+    write_params(project, {"evaluate": {"n_images": 1}})  # read by evaluate only, found before ingest runs
+    bad = subprocess.run([sys.executable, "-m", "cli.preflight"], cwd=project.root, env=env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "error: preflight: params.yaml: evaluate.n_images" in bad.stderr
+
+
+@pytest.mark.parametrize("content", [None, "", "# all commented out\n"])
+def test_the_flow_says_in_one_line_that_params_yaml_is_missing_or_empty(project, content):
+    params = project.root / "params.yaml"
+    params.unlink()
+    if content is not None:
+        params.write_text(content)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=project.root, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr  # that line and nothing else
+    assert proc.stderr.startswith("error: pipeline: ") and ("not found" if content is None else "is empty") in proc.stderr
+    assert not (project.root / "data").exists()  # nothing ran on built-in defaults
 
 
 def test_a_failed_write_leaves_no_partial_output(project):

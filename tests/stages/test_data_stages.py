@@ -163,14 +163,26 @@ def test_ingest_unusable_source_is_named_in_the_error(project, files, source, ex
     assert not params.ingest.metrics_path.exists()
 
 
-def test_ingest_zero_byte_file_is_an_error(project):
+def test_a_zero_byte_file_is_skipped_and_counted_and_the_run_goes_on(project, caplog):
     empty = write(project.path("data/inputs/empty.txt"), b"")
+    write(project.path("data/inputs/notes.txt"), b"Some notes worth keeping.\n\nAnd a second paragraph.")
+    params = project.make_params(ingest={"sources": ["data/inputs"]})
+
+    with caplog.at_level("WARNING"):
+        metrics = ingest(params)
+
+    assert metrics["skipped_empty_files"] == 1 and metrics["n_documents"] >= 1
+    assert f"ingest: skipped {empty}: empty (0 bytes)" in [r.getMessage() for r in caplog.records]
+
+
+def test_only_zero_byte_files_is_an_error_that_says_so(project):
+    write(project.path("data/inputs/empty.txt"), b"")
     params = project.make_params(ingest={"sources": ["data/inputs/empty.txt"]})
 
     with pytest.raises(DataError) as info:
         ingest(params)
 
-    assert str(info.value) == f"source file {empty} is empty (0 bytes)"
+    assert str(info.value) == "the sources yielded no documents (1 empty file skipped)"
     assert not params.ingest.out_dir.exists()
 
 
@@ -394,6 +406,7 @@ def test_clean_empty_corpus_is_an_error_and_creates_no_output(project):
     message = str(info.value)
     assert message.startswith("the corpus is empty after cleaning: 20 documents in")
     assert "20 shorter than clean.min_chars=1000000" in message
+    assert message.endswith(f"0 holding personal data (clean.pii={params.clean.pii})")  # the policy in force
     assert not params.clean.out_dir.exists()
     assert not params.clean.metrics_path.exists()
     assert sorted(p.name for p in project.path("data").iterdir()) == ["inputs", "provenance.json", "raw"]

@@ -84,6 +84,16 @@ def checkpoint_step(state_file: Path) -> int:
 # ---------------------------------------------------------------------------------------------------- train
 
 
+def test_a_run_as_short_as_its_warmup_trains_and_says_how_it_warms_up(staged, caplog):
+    params = staged(train={"max_steps": 20, "warmup_steps": 50, "eval_interval": 10})
+    with caplog.at_level("WARNING", logger="tasks.train"):
+        metrics = train(params)
+    assert metrics["steps"] == 20 and math.isfinite(metrics["best_val_loss"])
+    (line,) = [r.getMessage() for r in caplog.records if "warm" in r.getMessage()]
+    assert line == ("train: warmup_steps=50 is not below max_steps=20: warming up over 2 steps instead (a tenth of "
+                    "the run); set train.warmup_steps to choose")
+
+
 def test_train_writes_model_metrics_and_loss_curve_then_resumes_to_identical_weights(project, staged, caplog):
     params = staged()
 

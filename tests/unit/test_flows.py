@@ -229,3 +229,37 @@ def test_sweep_sets_are_validated_before_anything_runs(tmp_path):
         with pytest.raises(ParamsError) as info:
             validate_sets(path, sets)
         assert str(info.value).startswith(expected), str(info.value)
+
+
+def _sets(tmp_path, *overrides):
+    from config.params import load_params
+
+    (tmp_path / "params.yaml").write_text("model: {name: cdcgan, cdcgan: {train: {max_steps: 1500}}}\n")
+    return [load_params(tmp_path / "params.yaml", o) for o in overrides]
+
+
+def test_a_set_that_picks_another_modality_is_gated_under_its_own_registered_model(tmp_path):
+    from flows.experiments import shared_register
+
+    (text,) = _sets(tmp_path, {"model.name": "gru"})
+    assert shared_register([text]).model_name == "text-generator"  # not params.yaml's image-generator
+    assert shared_register([text]).promote_metric == "test_bpb"
+
+
+def test_a_sweep_over_two_registered_models_is_refused_in_one_line(tmp_path):
+    from flows.experiments import shared_register
+
+    sets = _sets(tmp_path, {"model.name": "gru"}, {}, {"model.name": "vae"})
+    with pytest.raises(ParamsError, match=r"register to different models \(text-generator gated on test_bpb "
+                                          r"\(set 1\); image-generator gated on fid \(sets 2, 3\)\)"):
+        shared_register(sets)
+
+
+def test_an_explicit_train_override_goes_where_it_takes_effect(tmp_path):
+    from flows.experiments import routed
+
+    (image,) = _sets(tmp_path, {})
+    assert routed({"train.max_steps": 100, "train.nproc": 2, "model.cdcgan.n_z": 8}, image) == {
+        "model.cdcgan.train.max_steps": 100, "train.nproc": 2, "model.cdcgan.n_z": 8}
+    (text,) = _sets(tmp_path, {"model.name": "gpt"})  # gpt has no loop settings of its own
+    assert routed({"train.max_steps": 100}, text) == {"train.max_steps": 100}

@@ -87,3 +87,27 @@ def test_labels_are_numbered_by_sorted_class_name_numbers_numerically():
 def test_png_encoding_is_lossless():
     pixels = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
     assert (np.asarray(decode(encode_png(pixels))) == pixels).all()
+
+
+def test_a_photo_stored_sideways_with_an_exif_orientation_is_decoded_upright():
+    pixels = np.zeros((2, 4, 3), dtype=np.uint8)  # stored 4 wide, 2 high
+    pixels[0, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", exif=exif.tobytes(), quality=100)
+    upright = decode(buf.getvalue())
+    assert upright.size == (2, 4)  # displayed 2 wide, 4 high, as a viewer shows it
+    assert np.asarray(upright)[0, 1].mean() > 128  # the stored top-left corner is now top-right
+
+
+def test_an_empty_class_folder_is_named_in_a_warning(tmp_path, caplog):
+    from dataprep.images import read_image_folder
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "cat" / "a.png").write_bytes(encode_png(np.zeros((1, 4, 4), dtype=np.uint8)))
+    with caplog.at_level("WARNING"):
+        images = read_image_folder(tmp_path, "data/pets")
+    assert [i.label for i in images] == ["cat"]
+    assert "ingest: class folder data/pets/dog has no image files: that class is left out" in caplog.text

@@ -15,8 +15,8 @@ from runtime.closure import ROOT, closure, code_deps, imported, sync_dvc_yaml
 # The README's "Where things live" table: package -> the project packages it may import.
 MAY_IMPORT = {
     "runtime": set(),
-    "config": {"runtime", "models"},  # models.registry only: torch-free
-    "cli": {"config", "runtime"},
+    "config": {"runtime", "models"},  # models.registry and models.rules only: torch-free
+    "cli": {"config", "runtime", "dataprep"},  # dataprep.sources: the preflight walk of the inputs
     "models": set(),  # logged as a registered model's code: it must stand alone
     "serving": {"models"},
     "dataprep": {"config", "runtime"},

@@ -160,8 +160,21 @@ def test_cross_field_rules_name_the_section():
     assert "clean: min_chars (100) must not exceed max_chars (10)" in error_of({"clean": {"min_chars": 100, "max_chars": 10}})
     assert "model.gpt: n_embd (30) must be divisible by n_head (4)" in error_of(
         {"model": {"gpt": {"n_embd": 30, "n_head": 4}}})
-    assert "train: warmup_steps (10) must be below max_steps (10)" in error_of(
-        {"train": {"max_steps": 10, "warmup_steps": 10}})
+
+
+def test_a_run_not_longer_than_its_warmup_warms_up_over_a_tenth_of_it(tmp_path):
+    short = parse_params({"train": {"max_steps": 50}}, tmp_path).train  # the default warmup is 50 steps
+    assert (short.warmup_steps, short.warmup) == (50, 5)
+    assert parse_params({"train": {"max_steps": 51}}, tmp_path).train.warmup == 50  # shorter than the run: as set
+
+
+def test_loop_settings_a_generator_replaces_are_listed_with_the_value_used(tmp_path):
+    data = {"model": {"name": "cdcgan", "cdcgan": {"train": {"max_steps": 1500, "lr": 0.0002}}},
+            "train": {"max_steps": 100, "lr": 0.0002, "seed": 3}}
+    params = parse_params(data, tmp_path)
+    assert params.train.max_steps == 1500
+    assert params.shadowed_train() == {"max_steps": (100, 1500)}  # same lr: nothing replaced; seed: not set there
+    assert params.train_key("max_steps") == "model.cdcgan.train.max_steps" and params.train_key("seed") == "train.seed"
 
 
 def test_every_bad_key_is_reported_in_one_line():
