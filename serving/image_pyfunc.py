@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from serving.requests import bad_request, missing
@@ -84,8 +85,8 @@ class ImageGeneratorModel(PythonModel):
         self.n_classes = int(meta.get("n_classes", 0))
         self.conditional = bool(getattr(self.model, "conditional", False))
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
+    # A DataFrame hint: MLflow enforces the logged signature, and infers nothing from the hint (no warning).
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import torch
 
         from models.base import to_uint8

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -104,6 +105,7 @@ def _write_cards(params: Params, metrics: dict, lineage: dict[str, str], scratch
 
 def register(params: Params) -> dict:
     """Log, register and (if it wins) promote the trained model; write the decision as metrics."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in the run's log
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset

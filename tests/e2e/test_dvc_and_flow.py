@@ -155,3 +155,12 @@ def test_a_named_pipe_in_the_inputs_stops_make_run_and_the_flow_in_one_line_inst
     finally:
         fifo.unlink()
     assert "up to date" in built.run("dvc", "status").stdout  # nothing ran, nothing changed
+
+
+def test_register_prints_no_colour_codes_duplicated_warnings_or_download_bars(built):
+    built.run("git", "checkout", "--", "params.yaml")
+    proc = built.run("dvc", "repro", "-f", "-s", "register")  # logs, registers and validates the model again
+    out = proc.stdout + proc.stderr
+    assert "Running stage 'register'" in out
+    for noise in ("\x1b[", "Add type hints", "Downloading artifacts", "Traceback"):
+        assert noise not in out, (noise, out[-3000:])
