@@ -214,7 +214,11 @@ def test_a_killed_worker_fails_the_stage_in_one_line_and_the_rerun_resumes_to_th
     assert "\n" not in str(failed.value)
     streamed = capfd.readouterr().err
     assert "Traceback" not in streamed, streamed[-3000:]  # rank 0's lost peer is one line too; torchrun's is dropped
-    assert "[rank 0] error: train: lost contact with the other data-parallel workers" in streamed
+    # rank 0 either notices the lost peer at its next collective and says so in one line, or torchrun stops it
+    # first (then it reports to the launcher and prints nothing): which comes first is a race under load
+    rank0 = [line for line in streamed.splitlines() if line.startswith("[rank 0] error: ")]
+    assert all(line.startswith("[rank 0] error: train: lost contact with the other data-parallel workers")
+               for line in rank0), rank0
     wait_for(lambda: not workers(root), "exit of every worker", timeout=30)
 
     # 2. the rerun resumes from the last checkpoint and ends where the uninterrupted run did, bit for bit
