@@ -128,46 +128,45 @@ def read_embedded(name: str) -> tuple[list[str], bytes]:
 REMOTE_PREFIXES = ("embedded:", "hf:", "http://", "https://")
 
 
+def _special_kind(path: Path) -> str | None:
+    """What `path` is when it is not a regular file, folder or working symlink; None otherwise."""
+    import stat
+
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        return None if path.exists() else "a symlink to a missing target"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    return None
+
+
 def special_files(path: Path) -> list[tuple[Path, str]]:
     """Return what under `path` (a file or a folder, not following symlinked folders) is not a regular file or
     folder, with what it is: named pipes, sockets and devices (reading one blocks or never ends: `dvc status`
     and `dvc repro` hang hashing it) and symlinks whose target is missing (DVC fails on them)."""
-    import stat
-
-    def kind(p: Path) -> str | None:
-        try:
-            mode = p.lstat().st_mode
-        except OSError:
-            return None
-        if stat.S_ISLNK(mode):
-            return None if p.exists() else "a symlink to a missing target"
-        if stat.S_ISFIFO(mode):
-            return "a named pipe (FIFO)"
-        if stat.S_ISSOCK(mode):
-            return "a socket"
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            return "a device file"
-        return None
-
-    found = []
-    if not path.is_dir() or path.is_symlink():
-        what = kind(path)
-        return [(path, what)] if what else []
-    for folder, dirs, files in os.walk(path):
-        for name in sorted(dirs + files):
-            what = kind(Path(folder) / name)
-            if what:
-                found.append((Path(folder) / name, what))
-    return sorted(found)
+    if path.is_dir() and not path.is_symlink():
+        entries = [Path(folder) / name for folder, dirs, files in os.walk(path) for name in dirs + files]
+    else:
+        entries = [path]
+    return sorted((p, what) for p in entries if (what := _special_kind(p)))
 
 
 def check_local_sources(paths: list[Path], root: Path) -> None:
     """Raise DataError naming the first special file (see `special_files`) under any of `paths`."""
+    def shown(p: Path) -> Path:
+        return p.relative_to(root) if p.is_relative_to(root) else p
+
     for path in paths:
         for bad, what in special_files(path):
-            shown = bad.relative_to(root) if bad.is_relative_to(root) else bad
-            raise DataError(f"{shown} is {what}: DVC and ingest cannot read it (DVC would hang or fail hashing "
-                            f"{path.relative_to(root) if path.is_relative_to(root) else path}); remove it")
+            raise DataError(f"{shown(bad)} is {what}: DVC and ingest cannot read it (DVC would hang or fail hashing "
+                            f"{shown(path)}); remove it")
 
 
 def local_source_paths(sources: list[str], root: Path) -> list[Path]:

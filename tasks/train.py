@@ -47,13 +47,14 @@ def train(params: Params) -> dict:
 def _train(params: Params, world: ddp.World | None) -> dict:
     cfg = params.train
     n_workers = world.size if world else 1
-    if cfg.warmup != cfg.warmup_steps and (world is None or world.main):
+    main = world is None or world.main  # one copy of each notice: rank 0's
+    if cfg.warmup != cfg.warmup_steps and main:
         log.warning("train: warmup_steps=%d is not below max_steps=%d: %s instead (a tenth of the run); set %s "
                     "to choose", cfg.warmup_steps, cfg.max_steps,
                     f"warming up over {cfg.warmup} steps" if cfg.warmup else "no warmup",
                     params.train_key("warmup_steps"))
     shadowed = params.shadowed_train()
-    if shadowed and (world is None or world.main):  # one line: which loop values are used, and why
+    if shadowed and main:  # one line: which loop values are used, and why
         log.warning("train: model.%s.train replaces these train settings (the generator's own loop settings win; "
                     "set model.%s.train.<key> to change one): %s", params.model.name, params.model.name,
                     ", ".join(f"{k} {ours!r} -> {used!r}" for k, (ours, used) in shadowed.items()))

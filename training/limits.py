@@ -1,5 +1,6 @@
 """Limits checked before training allocates anything, so an impossible setting fails in seconds with one line.
 
+- data: a context window longer than the training text;
 - memory: the training footprint of a text model (weights, gradients, Adam moments, activations kept for the
   backward pass, logits) estimated from its architecture and the batch, against the memory the device has free;
 - duration: a `train.max_steps` that would run for days is reported, with the time projected from the first steps.
@@ -55,6 +56,16 @@ def available_bytes(device_type: str) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def check_window(name: str, block_size: int, n_train_tokens: int) -> None:
+    """Raise DataError when no training window of `block_size` tokens (plus its shifted target) fits in the
+    training text: the data decides before any memory estimate."""
+    if block_size + 1 >= n_train_tokens:
+        from runtime.errors import DataError
+
+        raise DataError(f"model.{name}.block_size={block_size} is longer than the training text "
+                        f"({n_train_tokens} tokens); add data or lower it")
 
 
 def gib(n: float) -> str:

@@ -29,7 +29,7 @@ from runtime.progress import Progress as Report
 from runtime.progress import describe_duration, eta
 from training import ddp
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.limits import LONG_RUN_S, available_bytes, check_memory
+from training.limits import LONG_RUN_S, available_bytes, check_memory, check_window
 from training.pretrained import Pretrained, hf_architecture, resolve_init_from
 
 log = logging.getLogger(__name__)
@@ -422,13 +422,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.pretrained = resolve_init_from(params)
         if not self.image and self.pretrained is None:  # refuse an impossible size before allocating it
-            block = params.model.hparams.architecture()["block_size"]
-            if block + 1 >= self.meta["train"]["n_tokens"]:  # the data decides first: no window fits at all
-                from runtime.errors import DataError
-
-                raise DataError(f"model.{params.model.name}.block_size={block} is longer than the training text "
-                                f"({self.meta['train']['n_tokens']} tokens); add data or lower it")
-            check_memory(params.model.name, params.model.hparams.architecture(), self.meta["vocab_size"],
+            arch = params.model.hparams.architecture()
+            check_window(params.model.name, arch["block_size"], self.meta["train"]["n_tokens"])
+            check_memory(params.model.name, arch, self.meta["vocab_size"],
                          cfg.batch_size, available_bytes(self.device.type))
         self.model = build_model(params, self.meta, self.pretrained).to(self.device)
         self.opt = Optimizers(self.model, cfg, self.device)
