@@ -7,13 +7,14 @@ import contextlib
 import errno
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from config.params import PARAMS_FILE, Params, load_params
 from runtime import PACKAGES
-from runtime.errors import UserError
+from runtime.errors import ParamsError, UserError
 
 log = logging.getLogger("tasks")
 
@@ -35,6 +36,25 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 EXIT_CODES = ("exit status: 0 done; 1 bad data, sources or a full disk; 2 bad params; 3 another run holds the "
               "workspace lock")
+
+
+def uncommitted_hint(params_path: str) -> str:
+    """Say how to get the committed params.yaml back when it differs from git's HEAD (as `dvc exp run -S key=value`
+    leaves it after a failed run: DVC writes the override into the file before running); else ''."""
+    folder, name = os.path.split(os.path.abspath(params_path))
+    try:
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", name], cwd=folder, capture_output=True,
+                                 timeout=30).returncode == 1
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (f" ({name} differs from the last commit, e.g. after `dvc exp run -S`: fix the value or run "
+            f"`git checkout {name}`)" if changed else "")
+
+
+def error_line(stage: str, exc: UserError, params_path: str) -> str:
+    """The one line a user error ends a stage with; a params error also says how to restore the committed file."""
+    hint = uncommitted_hint(params_path) if isinstance(exc, ParamsError) else ""
+    return f"error: {stage}: {exc}{hint}\n"
 
 
 def parser_for(prog: str, doc: str | None) -> argparse.ArgumentParser:
@@ -67,7 +87,7 @@ def main(stage: Callable[[Params], Any], argv: list[str] | None = None) -> None:
     except UserError as exc:
         if os.environ.get(DEBUG_ENV):
             raise
-        sys.stderr.write(f"error: {stage.__name__}: {exc}\n")
+        sys.stderr.write(error_line(stage.__name__, exc, args.params))
         sys.exit(exc.exit_code)
     except OSError as exc:
         if exc.errno not in DISK_FULL or os.environ.get(DEBUG_ENV):

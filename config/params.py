@@ -33,7 +33,7 @@ from runtime.errors import ParamsError
 PARAMS_FILE = "params.yaml"
 
 
-STAGES = ("ingest", "clean", "preprocess", "classifier", "train", "evaluate", "register")  # dvc.yaml order
+STAGES = ("preflight", "ingest", "clean", "preprocess", "classifier", "train", "evaluate", "register")  # dvc.yaml order
 
 # Every generator `model.name` can choose, from the registry (models/registry.py, torch-free): its modality picks
 # the sources ingest reads, the metrics evaluate computes and the registered model's default name.
@@ -76,6 +76,14 @@ class Section(BaseModel):
     """A params.yaml section: unknown keys are errors, values are immutable once loaded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class PreflightParams(Section):
+    """The first stage: every params key and the local inputs checked before any stage can delete its outputs."""
+
+    # What preflight passed; its content never changes, so passing again never reruns ingest (which lists it as a
+    # dependency only so that DVC runs preflight first).
+    out_path: ProjectPath = Path("metrics/preflight.json")
 
 
 class IngestParams(Section):
@@ -388,7 +396,7 @@ class RegisterParams(Section):
 
 class FlowParams(Section):
     """How the Prefect flows run the stages: schedule, retries and time limits. Read by flows/ only, so changing
-    it reruns no stage."""
+    it reruns no stage but preflight (which checks every key)."""
 
     cron: str | None = "0 3 * * *"  # the `retrain` deployment's schedule (cron, in `timezone`); null: no schedule
     timezone: str = "UTC"
@@ -396,7 +404,7 @@ class FlowParams(Section):
     retry_delay_s: float = Field(10.0, ge=0)  # first retry delay; doubles on each further retry
     # Per-stage time limits in seconds (null: none). A stage over its limit fails the flow run; outputs are atomic.
     timeouts_s: dict[Literal[STAGES], float | None] = Field(default_factory=lambda: {  # type: ignore[valid-type]
-        "ingest": 3600, "clean": 3600, "preprocess": 3600, "classifier": 3600, "train": None, "evaluate": 3600,
+        "preflight": 300, "ingest": 3600, "clean": 3600, "preprocess": 3600, "classifier": 3600, "train": None, "evaluate": 3600,
         "register": 900})
 
     @field_validator("cron")
@@ -436,6 +444,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "register"')
 
     class Params(Section):
+        preflight: PreflightParams = Field(default_factory=dict)
         ingest: IngestParams = Field(default_factory=dict)
         clean: CleanParams = Field(default_factory=dict)
         preprocess: PreprocessParams = Field(default_factory=dict)

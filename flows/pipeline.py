@@ -116,10 +116,10 @@ def pipeline(params_path: str = PARAMS_FILE) -> dict[str, bool]:
     quiet_expected_errors()
     params_path = str(Path(params_path).resolve())
     params = load_params(params_path)  # fail before any stage runs if params.yaml is invalid
-    from cli.preflight import preflight
+    from cli.preflight import check_inputs
     from runtime.lock import run_lock
 
-    preflight(params)  # before DVC hashes the inputs: a FIFO there would hang it
+    check_inputs(params)  # before DVC hashes the inputs: a FIFO there would hang it
 
     ran = {}
     # A deployed run queues for the workspace slot (flows/slots.py); the lock then stops anything else at once.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
-from cli.preflight import preflight
+from cli.preflight import check_inputs
 from config.catalog import CORPUS_FILE, MANIFEST_FILE
 from config.params import Params
 from dataprep.sources import Document, SourceRecord, _now, provenance, read_source
@@ -58,7 +58,7 @@ def ingest_images(params: Params) -> dict:
 
 def ingest(params: Params) -> dict:
     """Read every source into `<out_dir>/corpus.jsonl` (images: a pack) and record source, size and digest of each."""
-    preflight(params)  # a named pipe or dangling symlink among the inputs: one line naming it, not a hang
+    check_inputs(params)  # a named pipe or dangling symlink among the inputs: one line naming it, not a hang
     if params.model.modality is IMAGE:
         return ingest_images(params)
     cfg = params.ingest

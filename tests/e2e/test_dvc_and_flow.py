@@ -11,7 +11,7 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 
-ALL_STAGES = {"ingest", "clean", "preprocess", "classifier", "train", "evaluate", "register"}
+ALL_STAGES = {"preflight", "ingest", "clean", "preprocess", "classifier", "train", "evaluate", "register"}
 
 
 def test_repro_trains_a_model_that_beats_the_unigram_baseline(built):
@@ -70,18 +70,18 @@ def test_flow_after_repro_reexecutes_no_stage(built):
 
 def test_flow_reruns_exactly_the_stages_a_param_change_affects(built):
     built.set_params({"evaluate": {"n_samples": 3}})
-    assert built.flow() == {"evaluate", "register"}
+    assert built.flow() == {"preflight", "evaluate", "register"}  # preflight checks every params key
     assert "up to date" in built.run("dvc", "status").stdout
     lock = yaml.safe_load((built.root / "dvc.lock").read_text())
     assert lock["stages"]["evaluate"]["params"]["params.yaml"]["evaluate"]["n_samples"] == 3
 
     built.set_params({"preprocess": {"vocab_size": 500}})
-    assert built.flow() == {"preprocess", "classifier", "train", "evaluate", "register"}
+    assert built.flow() == {"preflight", "preprocess", "classifier", "train", "evaluate", "register"}
 
     # No document is near a million characters: clean reruns, its output is byte-identical, and DVC's content
     # hashes stop the change there.
     built.set_params({"clean": {"max_chars": 999_999}})
-    assert built.flow() == {"clean"}
+    assert built.flow() == {"preflight", "clean"}
     assert "up to date" in built.run("dvc", "status").stdout
 
 
@@ -92,6 +92,23 @@ def test_exp_run_with_a_set_param_is_listed_by_exp_show(built):
     shown = json.loads(built.run("dvc", "exp", "show", "--json").stdout)
     text = json.dumps(shown)
     assert "short" in text and "test_bpb" in text and "max_steps" in text
+
+
+def test_a_bad_value_in_exp_run_stops_at_preflight_and_keeps_every_output(built):
+    built.run("git", "checkout", "--", "params.yaml")
+    built.run("dvc", "repro")
+    outputs = {p: p.stat().st_mtime_ns for p in (built.root / "artifacts/train").rglob("*") if p.is_file()}
+    assert outputs
+    proc = built.run("dvc", "exp", "run", "-S", "train.lr=-1", check=False, timeout=120)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "Running stage 'train'" not in out and "Traceback" not in out
+    line = next(x for x in out.splitlines() if x.startswith("error: "))
+    assert line.startswith("error: preflight: params.yaml: train.lr: Input should be greater than 0 (got -1)")
+    assert line.endswith("fix the value or run `git checkout params.yaml`)")  # DVC left the override in the file
+    assert {p: p.stat().st_mtime_ns for p in outputs if p.exists()} == outputs  # train's outputs are untouched
+    built.run("git", "checkout", "--", "params.yaml")
+    assert "up to date" in built.run("dvc", "status").stdout
 
 
 def test_lstm_on_characters_trains_registers_and_generates(built):

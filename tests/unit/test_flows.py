@@ -42,7 +42,7 @@ def test_a_partial_timeouts_mapping_keeps_the_defaults_of_the_other_stages():
     ({"cron": "every night"}, "flow.cron: expected a 5-field cron expression such as '0 3 * * *'"),
     ({"cron": "0 3 * *"}, "flow.cron: expected a 5-field cron expression"),
     ({"timezone": "Mars/Olympus"}, "flow.timezone: unknown time zone"),
-    ({"timeouts_s": {"trian": 5}}, "flow.timeouts_s.trian: 'trian' is not allowed; allowed values: 'ingest'"),
+    ({"timeouts_s": {"trian": 5}}, "flow.timeouts_s.trian: 'trian' is not allowed; allowed values: 'preflight', 'ingest'"),
     ({"timeouts_s": {"train": 0}}, "flow.timeouts_s: time limits must be positive seconds or null (bad: train)"),
     ({"ingest_retries": -1}, "flow.ingest_retries: Input should be greater than or equal to 0"),
     ({"retries": 3}, "flow.retries: unknown key; allowed keys: cron, timezone, ingest_retries"),

@@ -15,7 +15,7 @@ from runtime.errors import ParamsError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SECTIONS = ["ingest", "clean", "preprocess", "classifier", "model", "train", "evaluate", "register", "flow"]
+SECTIONS = ["preflight", "ingest", "clean", "preprocess", "classifier", "model", "train", "evaluate", "register", "flow"]
 
 
 def error_of(data, root: Path = Path("/proj")) -> str:
@@ -52,6 +52,23 @@ def test_repo_params_yaml_loads_with_paths_under_the_repo():
         assert path.is_absolute() and path.is_relative_to(REPO_ROOT), key
     assert params.register.tracking_uri.startswith("sqlite:///")
     assert Path(params.register.tracking_uri.removeprefix("sqlite:///")).is_absolute()
+
+
+def test_repo_params_yaml_is_what_dvc_writes_back_so_exp_run_changes_only_the_set_value():
+    import io
+
+    from dvc.utils.serialize._yaml import _dump, parse_yaml_for_update  # what `dvc exp run -S` uses to rewrite it
+
+    text = (REPO_ROOT / "params.yaml").read_text(encoding="utf-8")
+    data = parse_yaml_for_update(text, "params.yaml")
+    out = io.StringIO()
+    _dump(data, out)
+    assert out.getvalue().splitlines() == text.splitlines()
+    before, data["train"]["lr"] = data["train"]["lr"], 0.01  # as `-S train.lr=0.01` does
+    out = io.StringIO()
+    _dump(data, out)
+    changed = [(a, b) for a, b in zip(text.splitlines(), out.getvalue().splitlines()) if a != b]
+    assert changed == [(f"  lr: {before}", "  lr: 0.01")]
 
 
 def test_an_empty_file_is_refused_but_an_empty_mapping_gives_schema_defaults(tmp_path):
