@@ -5,6 +5,7 @@ safetensors weights and JSON config (artifact `generator`). A request row asks f
 optional `seed`, `class_label` (conditional generators: an id in 0..n_classes-1), `steps` (iterative samplers such
 as DDPM: sampler steps) and `scale` (nearest-neighbour upscaling of the PNGs). The answer has one row per image:
 `image` (base64-encoded PNG), `index` (within its request row), `class_label` (-1 when unconditional) and `seed`.
+Over HTTP: `{"inputs": [{"n": 2, "seed": 1}]}` in, `{"predictions": [{"image": ..., ...}, ...]}` out.
 """
 
 from __future__ import annotations
@@ -16,39 +17,28 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from serving.requests import bad_request, missing
+from serving.requests import as_rows, bad_request, integer, missing
+from serving.signatures import ImageRequest, ImageResponse
 
 MAX_IMAGES = 256  # per request row; more is refused with HTTP 400
+MAX_ROWS = 64  # request rows per request
 MAX_STEPS = 1000
 MAX_SCALE = 16
-
-
-def _integer(row: dict[str, Any], key: str, default: int | None, low: int, high: int, allowed: str) -> int | None:
-    value = row.get(key)
-    if missing(value):
-        return default
-    try:
-        valid = float(value).is_integer() and low <= value <= high
-    except (TypeError, ValueError):
-        valid = False
-    if not valid or isinstance(value, bool):
-        raise bad_request(f"field {key!r}: {value!r} is invalid; expected {allowed}")
-    return int(value)
+FIELDS = tuple(ImageRequest.model_fields)
 
 
 def request_settings(row: dict[str, Any], n_classes: int, conditional: bool) -> dict[str, Any]:
     """Validate one request row; raise a 400-mapped error naming the bad field and what it accepts."""
     if missing(row.get("n")):
         raise bad_request("field 'n' is required: the number of images to generate")
-    out = {"n": _integer(row, "n", None, 1, MAX_IMAGES, f"an integer in 1..{MAX_IMAGES}"),
-           "seed": _integer(row, "seed", None, 0, 2**63 - 1, "an integer >= 0"),
-           "steps": _integer(row, "steps", None, 1, MAX_STEPS, f"an integer in 1..{MAX_STEPS}"),
-           "scale": _integer(row, "scale", 1, 1, MAX_SCALE, f"an integer in 1..{MAX_SCALE}")}
+    out = {"n": integer(row, "n", None, 1, MAX_IMAGES, f"an integer in 1..{MAX_IMAGES}"),
+           "seed": integer(row, "seed", None, 0, 2**63 - 1, "an integer in 0..2**63-1"),
+           "steps": integer(row, "steps", None, 1, MAX_STEPS, f"an integer in 1..{MAX_STEPS}"),
+           "scale": integer(row, "scale", 1, 1, MAX_SCALE, f"an integer in 1..{MAX_SCALE}")}
     if conditional:
-        out["class_label"] = _integer(row, "class_label", None, 0, n_classes - 1,
+        out["class_label"] = integer(row, "class_label", None, 0, n_classes - 1,
                                       f"a class id in 0..{n_classes - 1}")
     elif not missing(row.get("class_label")):
         raise bad_request("field 'class_label': this generator is unconditional; omit the field")
@@ -85,16 +75,19 @@ class ImageGeneratorModel(PythonModel):
         self.n_classes = int(meta.get("n_classes", 0))
         self.conditional = bool(getattr(self.model, "conditional", False))
 
-    # A DataFrame hint: MLflow enforces the logged signature, and infers nothing from the hint (no warning).
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+    # The type hints are the signature (serving/signatures.py): MLflow passes the rows as sent.
+    def predict(self, context, model_input: list[ImageRequest], params=None) -> list[ImageResponse]:
         import torch
 
         from models.base import to_uint8
 
-        rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
-        out: dict[str, list] = {"image": [], "index": [], "class_label": [], "seed": []}
-        for row in rows:
-            s = request_settings(row, self.n_classes, self.conditional)
+        settings = [request_settings(row, self.n_classes, self.conditional)
+                    for row in as_rows(model_input, FIELDS, MAX_ROWS)]  # all checked before any work
+        if sum(s["n"] for s in settings) > MAX_IMAGES:
+            raise bad_request(f"the request asks for {sum(s['n'] for s in settings)} images in all; at most "
+                              f"{MAX_IMAGES} per request")
+        out: list[dict[str, Any]] = []
+        for s in settings:
             seed = s["seed"] if s["seed"] is not None else torch.seed() % 2**63
             gen = torch.Generator().manual_seed(seed)
             labels = None
@@ -104,12 +97,10 @@ class ImageGeneratorModel(PythonModel):
             with torch.no_grad():
                 images = self.model.sample(s["n"], generator=gen, labels=labels, steps=s["steps"])
             pixels = to_uint8(images).cpu().numpy()
-            for i, image in enumerate(pixels):
-                out["image"].append(png_base64(image, s["scale"]))
-                out["index"].append(i)
-                out["class_label"].append(int(labels[i]) if labels is not None else -1)
-                out["seed"].append(seed)
-        return pd.DataFrame(out)
+            out += [{"image": png_base64(image, s["scale"]), "index": i,
+                     "class_label": int(labels[i]) if labels is not None else -1, "seed": seed}
+                    for i, image in enumerate(pixels)]
+        return out
 
 
 mlflow.models.set_model(ImageGeneratorModel())

@@ -41,7 +41,7 @@ from registry.gate import current_champion, gate
 from registry.lineage import lineage_tags
 from runtime.io import read_json, read_jsonl, write_json
 from serving import CODE_PATHS, pyfunc_file
-from serving.signatures import image_signature, requirements, text_signature
+from serving.signatures import requirements
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,10 @@ def _model_files(params: Params, scratch: Path) -> dict:
     decl = declaration(params.model.name)
     if decl.modality is IMAGE:
         n_classes = read_json(data_dir / META_FILE).get("n_classes", 0)
-        example = {"n": [2], "seed": [0]} | ({"class_label": [0]} if decl.conditional and n_classes
-                                             else {})
+        example = [{"n": 2, "seed": 0} | ({"class_label": 0} if decl.conditional and n_classes else {})]
         return {"python_model": str(pyfunc_file(decl.modality.serving_module)),
                 "artifacts": {"generator": str(params.train.out_dir), "data_meta": str(data_dir / META_FILE)},
-                "signature": image_signature(), "input_example": example,
+                "input_example": example,  # the signature comes from the pyfunc's type hints
                 "pip_requirements": requirements(decl),
                 "evaluation": sorted(p for d in (evaluation, params.evaluate.plots_dir) for p in d.iterdir()
                                      if p.is_file())}
@@ -64,9 +63,7 @@ def _model_files(params: Params, scratch: Path) -> dict:
     return {"python_model": str(pyfunc_file(decl.modality.serving_module)),
             "artifacts": {"generator": str(generator_dir), "tokenizer": str(data_dir / TOKENIZER_FILE),
                           "data_meta": str(data_dir / META_FILE)},
-            "signature": text_signature(),
-            "input_example": {"prompt": ["The "], "max_new_tokens": [8], "temperature": [0.0], "top_k": [0],
-                              "seed": [0]},
+            "input_example": [{"prompt": "The ", "max_new_tokens": 8, "temperature": 0.0, "top_k": 0, "seed": 0}],
             "pip_requirements": requirements(decl, with_peft=generator_dir == params.train.out_dir and
                                                        params.model.lora is not None),
             "evaluation": [evaluation / SAMPLES_FILE, params.evaluate.plots_dir / GRID_FILE]}

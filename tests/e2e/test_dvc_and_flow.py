@@ -129,10 +129,10 @@ def test_lstm_on_characters_trains_registers_and_generates(built):
     version = json.loads((built.root / "metrics/register.json").read_text())["version"]
     assert mlflow.MlflowClient().get_model_version(name, str(version)).tags["generator"] == "lstm"
     body = {"prompt": "The ", "max_new_tokens": 30, "seed": 1}
-    text = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(pd.DataFrame([body]))["text"][0]
+    text = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(pd.DataFrame([body]))[0]["text"]
     assert isinstance(text, str) and 0 < len(text) <= 30  # one character per token (end-of-text is not shown)
     with built.serve(f"models:/{name}/{version}") as url:
-        resp = requests.post(f"{url}/invocations", json={"dataframe_records": [body]}, timeout=60)
+        resp = requests.post(f"{url}/invocations", json={"inputs": [body]}, timeout=60)
     assert resp.status_code == 200, resp.text
     assert resp.json()["predictions"][0]["text"] == text
 

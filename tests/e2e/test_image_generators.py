@@ -58,21 +58,24 @@ def test_exp_run_trains_registers_and_serves_images(project, name):
     version = json.loads((project.root / "metrics/register.json").read_text())["version"]
     with project.serve(f"models:/image-generator/{version}") as url:
         record = {"n": 3, "seed": 5, "scale": 2} | ({"class_label": 7} if name == "cdcgan" else {})
-        resp = requests.post(f"{url}/invocations", json={"dataframe_records": [record]}, timeout=120)
+        resp = requests.post(f"{url}/invocations", json={"inputs": [record]}, timeout=120)
         assert resp.status_code == 200, resp.text
         rows = resp.json()["predictions"]
         assert len(rows) == 3
         images = [png(r["image"]) for r in rows]
         assert all(img.format == "PNG" and img.size == (32, 32) for img in images)  # 16 px, scaled by 2
         assert [r["class_label"] for r in rows] == ([7, 7, 7] if name == "cdcgan" else [-1, -1, -1])
-        again = requests.post(f"{url}/invocations", json={"dataframe_records": [record]}, timeout=120).json()
+        again = requests.post(f"{url}/invocations", json={"inputs": [record]}, timeout=120).json()
         assert again["predictions"] == rows  # seeded
 
         if name == "cdcgan":
-            bad = requests.post(f"{url}/invocations", json={"dataframe_records": [{"n": 1, "class_label": 10}]},
+            bad = requests.post(f"{url}/invocations", json={"inputs": [{"n": 1, "class_label": 10}]},
                                 timeout=60)
             assert bad.status_code == 400
-            assert "class_label" in bad.json()["message"] and "0..9" in bad.json()["message"]
+            assert bad.json()["message"] == "field 'class_label': 10 is invalid; expected a class id in 0..9"
             assert requests.get(f"{url}/ping", timeout=5).status_code == 200
-        too_many = requests.post(f"{url}/invocations", json={"dataframe_records": [{"n": 5000}]}, timeout=60)
-        assert too_many.status_code == 400 and "'n'" in too_many.json()["message"]
+        too_many = requests.post(f"{url}/invocations", json={"inputs": [{"n": 5000}]}, timeout=60)
+        assert too_many.status_code == 400
+        assert too_many.json()["message"] == "field 'n': 5000 is invalid; expected an integer in 1..256"
+        half = requests.post(f"{url}/invocations", json={"inputs": [{"n": 2.5}]}, timeout=60)
+        assert half.json()["message"] == "field 'n': 2.5 is invalid; expected an integer in 1..256"  # not 2 images

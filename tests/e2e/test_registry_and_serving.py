@@ -30,10 +30,10 @@ def test_champion_loads_by_alias_and_generates_seeded_text(built, client):
     request = pd.DataFrame([{"prompt": "The value of", "max_new_tokens": 12, "temperature": 0.8, "top_k": 20,
                              "seed": 7}])
     first, again = model.predict(request), model.predict(request)
-    assert isinstance(first["text"][0], str) and first["text"][0]
-    assert first["text"][0] == again["text"][0]  # same seed, same text
+    assert isinstance(first[0]["text"], str) and first[0]["text"]
+    assert first == again  # same seed, same text
     other = model.predict(request.assign(seed=8))
-    assert list(other.columns) == ["text"]
+    assert len(other) == 1 and set(other[0]) == {"text"}
     version = client.get_model_version_by_alias(model_name(built), "champion")
     assert version.tags["decision"] == "promoted"
     assert float(version.tags["metric.test_bpb"]) > 0
@@ -63,28 +63,41 @@ def server(built):
 
 
 def test_served_champion_answers_a_prompt_over_http(server):
-    body = {"dataframe_records": [{"prompt": "A function", "max_new_tokens": 10, "seed": 3, "temperature": 0.7}]}
+    body = {"inputs": [{"prompt": "A function", "max_new_tokens": 10, "seed": 3, "temperature": 0.7}]}
     first = requests.post(f"{server}/invocations", json=body, timeout=60)
     assert first.status_code == 200, first.text
     predictions = first.json()["predictions"]
     assert isinstance(predictions[0]["text"], str) and predictions[0]["text"]
     again = requests.post(f"{server}/invocations", json=body, timeout=60).json()["predictions"]
     assert again == predictions
-    only_prompt = requests.post(f"{server}/invocations", json={"dataframe_records": [{"prompt": "x"}]}, timeout=60)
+    only_prompt = requests.post(f"{server}/invocations", json={"inputs": [{"prompt": "x"}]}, timeout=60)
     assert only_prompt.status_code == 200, only_prompt.text
+    two = requests.post(f"{server}/invocations", json={"inputs": [{"prompt": "x", "seed": 1}, {"prompt": "y"}]},
+                        timeout=60)
+    assert two.status_code == 200 and len(two.json()["predictions"]) == 2, two.text
 
 
-@pytest.mark.parametrize("record, needle", [
-    ({"prompt": "x", "max_new_tokens": 100000}, "max_new_tokens"),
-    ({"prompt": "x", "temperature": -1.0}, "temperature"),
-    ({"max_new_tokens": 5}, "prompt"),
-    ({"prompt": 5}, "prompt"),  # wrong type
-    ({"prompt": "x", "top_k": "many"}, "top_k"),
+@pytest.mark.parametrize("rows, message", [
+    ([{"prompt": "x", "max_new_tokens": 100000}], "field 'max_new_tokens': 100000 is invalid; expected an integer in "
+                                                  "1..1024"),
+    ([{"prompt": "x", "max_new_tokens": 2.7}], "field 'max_new_tokens': 2.7 is invalid; expected an integer in "
+                                               "1..1024"),  # not truncated to 2
+    ([{"prompt": "x", "temperature": -1.0}], "field 'temperature': -1.0 is invalid; expected a number in 0..100 "
+                                             "(0 = greedy)"),
+    ([{"prompt": "x", "temperature": True}], "field 'temperature': True is invalid; expected a number in 0..100 "
+                                             "(0 = greedy)"),
+    ([{"max_new_tokens": 5}], "field 'prompt' is required and must be a string"),
+    ([{"prompt": 5}], "field 'prompt' is required and must be a string (got 5)"),
+    ([{"prompt": "x", "top_k": "many"}], "field 'top_k': 'many' is invalid; expected an integer >= 0 (0 = off)"),
+    ([{"prompt": "x", "seed": 2**70}], f"field 'seed': {2**70} is invalid; expected an integer in 0..2**63-1"),
+    ([{"prompt": "x", "max_tokens": 5}], "field 'max_tokens' is unknown; allowed fields: prompt, max_new_tokens, "
+                                         "temperature, top_k, seed"),
+    ([{"prompt": "x"}] * 257, "the request has 257 rows; at most 256 per request"),
 ])
-def test_bad_requests_get_http_400_naming_the_field_and_the_server_stays_up(server, record, needle):
-    resp = requests.post(f"{server}/invocations", json={"dataframe_records": [record]}, timeout=60)
+def test_bad_requests_get_http_400_with_one_line_naming_the_field_and_the_server_stays_up(server, rows, message):
+    resp = requests.post(f"{server}/invocations", json={"inputs": rows}, timeout=60)
     assert resp.status_code == 400, resp.text
-    assert needle in resp.json()["message"]
+    assert resp.json()["message"] == message  # the line alone: no dump of the request before it
     assert requests.get(f"{server}/ping", timeout=5).status_code == 200
 
 
@@ -141,8 +154,8 @@ def test_finetune_the_champion_on_another_corpus_through_dvc_repro(built, client
 
     model = mlflow.pyfunc.load_model(f"models:/{name}/{tuned.version}")
     body = {"prompt": "Return the", "max_new_tokens": 8, "seed": 0}
-    local = model.predict(pd.DataFrame([body]))["text"][0]
+    local = model.predict(pd.DataFrame([body]))[0]["text"]
     with built.serve(f"models:/{name}/{tuned.version}") as url:  # base + adapter, served over HTTP
-        resp = requests.post(f"{url}/invocations", json={"dataframe_records": [body]}, timeout=60)
+        resp = requests.post(f"{url}/invocations", json={"inputs": [body]}, timeout=60)
     assert resp.status_code == 200, resp.text
     assert resp.json()["predictions"][0]["text"] == local

@@ -73,13 +73,13 @@ def test_each_image_generator_trains_evaluates_registers_and_serves_pngs(project
     request = {"n": [3], "seed": [7], "scale": [2]} | ({"class_label": [1]} if name == "cdcgan" else {})
     import pandas as pd
 
-    out = model.predict(pd.DataFrame(request))
-    assert len(out) == 3 and list(out["index"]) == [0, 1, 2]
-    img = Image.open(io.BytesIO(base64.b64decode(out["image"][0])))
+    out = model.predict(pd.DataFrame(request))  # one {"image", "index", "class_label", "seed"} per image
+    assert len(out) == 3 and [o["index"] for o in out] == [0, 1, 2] and {o["seed"] for o in out} == {7}
+    img = Image.open(io.BytesIO(base64.b64decode(out[0]["image"])))
     assert img.format == "PNG" and img.size == (16, 16) and img.mode == "L"
-    assert list(out["class_label"]) == ([1, 1, 1] if name == "cdcgan" else [-1, -1, -1])
+    assert [o["class_label"] for o in out] == ([1, 1, 1] if name == "cdcgan" else [-1, -1, -1])
     again = model.predict(pd.DataFrame(request))
-    assert list(again["image"]) == list(out["image"])  # same seed, same images
+    assert again == out  # same seed, same images
 
 
 def test_serving_refuses_bad_requests_with_messages(project):
@@ -99,6 +99,10 @@ def test_serving_refuses_bad_requests_with_messages(project):
         ({"n": [100000]}, "field 'n': 100000 is invalid; expected an integer in 1..256"),
         ({"n": [0]}, "field 'n'"),
         ({"n": [2], "steps": [0]}, "field 'steps'"),
+        ({"n": [2], "class_label": [2.5]}, r"^field 'class_label': 2.5 is invalid; expected a class id in 0..2$"),
+        ({"n": [2], "seed": [True]}, r"^field 'seed': True is invalid"),
+        ({"n": [2], "colour": ["red"]}, r"^field 'colour' is unknown; allowed fields: n, seed, class_label, steps, "
+                                        r"scale$"),
     ]:
         with pytest.raises(MlflowException, match=message):
             model.predict(pd.DataFrame(request))

@@ -258,10 +258,10 @@ def test_register_gates_the_champion_and_the_champion_serves(project, staged):
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     request = pd.DataFrame({"prompt": ["The river", "A small"], "max_new_tokens": [6, 3],
                             "temperature": [0.0, 0.0], "top_k": [0, 0], "seed": [0, 0]})
-    answer = model.predict(request)
-    assert list(answer.columns) == ["text"] and len(answer) == 2
-    assert all(isinstance(t, str) for t in answer["text"])
-    assert model.predict(request).equals(answer)
+    answer = model.predict(request)  # a DataFrame in, one {"text": ...} per row out
+    assert len(answer) == 2 and all(set(a) == {"text"} and isinstance(a["text"], str) for a in answer)
+    assert model.predict(request) == answer
+    assert model.predict(request.to_dict("records")) == answer  # rows as dicts: the same
     # only the prompt is required
     assert len(model.predict(pd.DataFrame({"prompt": ["Document 3."]}))) == 1
     with pytest.raises(mlflow.exceptions.MlflowException, match="max_new_tokens"):
@@ -412,7 +412,7 @@ def test_lora_trains_adapters_only_and_both_exports_serve_the_same_text(project,
         p = project.params_with({"register": {"lora_export": export}})
         version = register(p)["version"]
         assert mlflow.MlflowClient().get_model_version(name, str(version)).tags["lora"] == export
-        texts[export] = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(request)["text"][0]
+        texts[export] = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(request)[0]["text"]
     assert texts["merged"] == texts["adapter"]
 
 

@@ -1,14 +1,19 @@
-"""Validation of serving requests: one row per prompt, optional settings, 400 for anything invalid."""
+"""Validation of serving requests: one row per prompt, optional settings, 400 with one line for anything invalid:
+values are checked as sent (no float truncated to an integer, no seed wrapped to a negative number), unknown
+fields are refused."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from serving.text_pyfunc import DEFAULTS, MAX_NEW_TOKENS, request_settings
+from serving.requests import BadRequest, as_rows
+from serving.signatures import TextRequest
+from serving.text_pyfunc import DEFAULTS, FIELDS, MAX_NEW_TOKENS, MAX_ROWS, request_settings
 
 NAN = float("nan")
 
@@ -41,7 +46,7 @@ def test_prompt_is_required_and_must_be_a_string(row):
     rejected(row, "prompt")
 
 
-@pytest.mark.parametrize("value", [0, -1, MAX_NEW_TOKENS + 1, 2.5, "ten", [4]])
+@pytest.mark.parametrize("value", [0, -1, MAX_NEW_TOKENS + 1, 2.5, 2.7, "ten", "5", [4], True])
 def test_bad_max_new_tokens_is_rejected(value):
     exc = rejected({"prompt": "x", "max_new_tokens": value}, "max_new_tokens")
     if value == MAX_NEW_TOKENS + 1:
@@ -53,19 +58,43 @@ def test_max_new_tokens_bounds_are_inclusive(value):
     assert request_settings({"prompt": "x", "max_new_tokens": value})["max_new_tokens"] == value
 
 
-@pytest.mark.parametrize("value", [-0.1, -5, "hot", math.inf])
+@pytest.mark.parametrize("value", [-0.1, -5, "hot", math.inf, True, "0.5"])
 def test_bad_temperature_is_rejected(value):
     rejected({"prompt": "x", "temperature": value}, "temperature")
 
 
-@pytest.mark.parametrize("value", [-1, 1.5, "many"])
+@pytest.mark.parametrize("value", [-1, 1.5, "many", False])
 def test_bad_top_k_is_rejected(value):
     rejected({"prompt": "x", "top_k": value}, "top_k")
 
 
-@pytest.mark.parametrize("value", [-1, 0.5, 2**63])
+@pytest.mark.parametrize("value", [-1, 0.5, 2**63, 2**70, True, "7"])
 def test_bad_seed_is_rejected(value):
-    rejected({"prompt": "x", "seed": value}, "seed")
+    exc = rejected({"prompt": "x", "seed": value}, "seed")
+    assert exc.message == f"field 'seed': {value!r} is invalid; expected an integer in 0..2**63-1"  # as sent
+
+
+def test_unknown_fields_are_refused_naming_the_field_and_the_allowed_ones():
+    with pytest.raises(BadRequest) as err:
+        as_rows([TextRequest(prompt="x", max_tokens=5)], FIELDS, MAX_ROWS)
+    assert err.value.message == ("field 'max_tokens' is unknown; allowed fields: prompt, max_new_tokens, "
+                                 "temperature, top_k, seed")
+    assert as_rows([TextRequest(prompt="x", seed=3)], FIELDS, MAX_ROWS) == [
+        {"prompt": "x", "max_new_tokens": None, "temperature": None, "top_k": None, "seed": 3}]
+
+
+def test_an_empty_or_oversized_request_is_refused():
+    with pytest.raises(BadRequest, match="no rows"):
+        as_rows([], FIELDS, MAX_ROWS)
+    with pytest.raises(BadRequest, match=f"at most {MAX_ROWS} per request"):
+        as_rows([{"prompt": "x"}] * (MAX_ROWS + 1), FIELDS, MAX_ROWS)
+
+
+def test_the_scoring_server_cannot_prefix_the_request_dump_to_the_message():
+    exc = BadRequest("field 'seed': -1 is invalid")
+    exc.message = f"Failed to predict data '{[{'seed': -1}]}'. \nError: {exc.message}"  # what the server does
+    assert exc.message == "field 'seed': -1 is invalid" and str(exc) == exc.message
+    assert json.loads(exc.serialize_as_json())["message"] == "field 'seed': -1 is invalid"
 
 
 def test_nan_fields_count_as_missing():
