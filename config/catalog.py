@@ -41,6 +41,9 @@ RUN_FILE = "run.json"  # the MLflow run the training was logged to
 SAMPLES_FILE = "samples.jsonl"  # text: seeded unconditional samples
 CONTINUATIONS_FILE = "continuations.jsonl"  # text: continuations of held-out prompts
 CLASS_ACCURACY_FILE = "class_accuracy.json"  # conditional generators: per-class accuracy of the samples
+PROTOCOL_FILE = "protocol.json"  # what the metrics were measured on (evaluation/protocol.py)
+DOCUMENT_SCORES_FILE = "document_scores.json"  # text: NLL, tokens and bytes of each test document
+IMAGE_FEATURES_FILE = "features.npz"  # images: features of the real images and of the samples, samples' logits
 
 # evaluate.plots_dir: the pictures DVC plots (`dvc plots show`, `dvc plots diff` between experiments)
 GRID_FILE = "samples.png"  # images: the fixed-seed sample grid; text: the seeded samples, rendered

@@ -368,6 +368,15 @@ class RegisterParams(Section):
     promote_metric: Literal["test_bpb", "test_perplexity", "bleu", "rouge_l", "fid", "kid", "inception_score",
                             "precision", "recall"] | None = None
     min_improvement: float = Field(0.0, ge=0)  # absolute margin, in the metric's units, a challenger must win by
+    # The champion is re-scored under the challenger's evaluation protocol (same test documents, prompts, real
+    # images, feature extractor, seeds) and compared paired: the challenger must also win with this confidence
+    # (the interval of its gain at this level excludes 0), else it stays challenger (`not_significant`).
+    min_confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_samples: int = Field(1000, ge=100)  # paired bootstrap resamples of test documents, prompts or images
+    # A champion that cannot be re-scored (another modality, image size or class set, or it does not load):
+    # keep it (decision `incomparable: <reason>`), or promote the challenger anyway (`promoted_incomparable: ...`).
+    on_incomparable: Literal["keep", "promote"] = "keep"
+    rescore_cache_dir: StatePath = Path(".genpipe/rescores")  # champion re-scores per (version, protocol digest)
     lora_export: Literal["merged", "adapter"] = "merged"  # LoRA models: fold adapters into weights, or keep apart
     # gate: every new version becomes @challenger and takes @champion when it wins; never: register and tag only
     # (a sweep registers each experiment this way, then gates its best once).

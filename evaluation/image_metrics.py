@@ -219,6 +219,47 @@ def density_coverage(real_feats: Tensor, fake_feats: Tensor, k: int = 5, chunk_s
     return counts.sum().item() / (k * len(fake)), hit.double().mean().item()
 
 
+# ------------------------------------------------------------------------------ per-image units for a comparison
+
+def frechet_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """The Fréchet distance of two feature sets (N, D), float64: the FID formula torchmetrics computes."""
+    from scipy import linalg
+
+    real, fake = np.asarray(real, dtype=np.float64), np.asarray(fake, dtype=np.float64)
+    mu_r, mu_f = real.mean(axis=0), fake.mean(axis=0)
+    cov_r, cov_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    covmean = linalg.sqrtm(cov_r @ cov_f)
+    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
+    return float(((mu_r - mu_f) ** 2).sum() + np.trace(cov_r) + np.trace(cov_f) - 2 * np.trace(covmean))
+
+
+def kernel_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """The unbiased squared MMD with KID's polynomial kernel (x.y / D + 1)^3 over the whole sets (N, D)."""
+    real, fake = np.asarray(real, dtype=np.float64), np.asarray(fake, dtype=np.float64)
+    d = real.shape[1]
+    k_rr, k_ff, k_rf = ((a @ b.T / d + 1) ** 3 for a, b in ((real, real), (fake, fake), (real, fake)))
+    m, n = len(real), len(fake)
+    return float((k_rr.sum() - np.trace(k_rr)) / (m * (m - 1)) + (k_ff.sum() - np.trace(k_ff)) / (n * (n - 1))
+                 - 2 * k_rf.mean())
+
+
+def inception_from_logits(logits: np.ndarray) -> float:
+    """The Inception Score of one set of samples from their classifier logits (N, C): exp E[KL(p(y|x) || p(y))]."""
+    logits = np.asarray(logits, dtype=np.float64)
+    logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    p = np.exp(logp)
+    marginal = np.log(p.mean(axis=0) + 1e-12)
+    return float(np.exp((p * (logp - marginal)).sum(axis=1).mean()))
+
+
+def manifold_hits(real: np.ndarray, fake: np.ndarray, k: int, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per fake: inside the real manifold (precision's unit); per real: inside the fake manifold (recall's)."""
+    real_t, fake_t = _as_features(real), _as_features(fake)
+    fake_in_real, _ = _ball_hits(fake_t, real_t, _knn_radii(real_t, k, chunk_size), chunk_size)
+    real_in_fake, _ = _ball_hits(real_t, fake_t, _knn_radii(fake_t, k, chunk_size), chunk_size)
+    return (fake_in_real > 0).numpy().astype(np.float64), (real_in_fake > 0).numpy().astype(np.float64)
+
+
 # ---------------------------------------------------------------------------------------------- the report
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from config.params import EvaluateParams, Params
-from dataprep.tokenize import split_of
+from dataprep.tokenize import EOT, encoder_for, split_of, token_dtype
 from models.base import TextGenerator
 from runtime.io import read_jsonl
 
@@ -20,6 +20,49 @@ log = logging.getLogger(__name__)
 
 def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
     return nll_nats / math.log(2) / n_bytes
+
+
+def document_scores(model: TextGenerator, tok, documents: list[str], batch_size: int,
+                    device: torch.device) -> dict[str, np.ndarray]:
+    """Score documents as the stream `EOT doc EOT doc ...` (how preprocess writes a split) and attribute every
+    token's NLL to its document: {"nll": nats, "tokens": scored tokens, "bytes": UTF-8 bytes + 1 (the boundary
+    after it; none after the last)} per document.
+
+    A document owns its tokens and the EOT that ends it (the +1 byte), so the sums give the split's bits per byte
+    exactly as the stream does, under any tokenizer: the unit a paired comparison of two models resamples."""
+    eot = tok.token_to_id(EOT)
+    pieces = [np.array([eot, *e.ids], dtype=token_dtype(tok))
+              for e in encoder_for(tok).encode_batch_fast(documents, add_special_tokens=False)]
+    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    nll = model.token_nll(stream, batch_size, device)
+    owner = np.repeat(np.arange(len(documents)), lengths)
+    starts = np.zeros(len(stream), dtype=bool)
+    starts[np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)] = True
+    doc = owner[1:] - starts[1:]  # the EOT that starts document k + 1 ends document k
+    n = len(documents)
+    size = np.array([len(d.encode("utf-8")) + 1 for d in documents], dtype=np.int64)
+    if n:
+        size[-1] -= 1  # the last document has no separator after it (as preprocess counts a split's bytes)
+    return {"nll": np.bincount(doc, weights=nll, minlength=n), "tokens": np.bincount(doc, minlength=n),
+            "bytes": size}
+
+
+def continue_texts(model: TextGenerator, tok, prompts: list[str], n_tokens: int, device: torch.device) -> list[str]:
+    """Greedy continuations of `n_tokens` tokens of each prompt text, encoded by the model's own tokenizer
+    (prompts of equal token length share a batch)."""
+    encoder = encoder_for(tok)
+    ids = [e.ids or [tok.token_to_id(EOT)] for e in encoder.encode_batch_fast(prompts, add_special_tokens=False)]
+    out: list[str] = [""] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for i, row in enumerate(ids):
+        by_length.setdefault(len(row), []).append(i)
+    for members in by_length.values():
+        rows = torch.tensor([ids[i] for i in members], dtype=torch.long, device=device)
+        generated = model.generate(rows, n_tokens, temperature=0.0)
+        for i, text in zip(members, tok.decode_batch(generated.tolist())):
+            out[i] = text
+    return out
 
 
 def prompt_offsets(n_tokens: int, n_prompts: int, span: int) -> list[int]:
@@ -43,19 +86,20 @@ def text_scores(predictions: list[str], references: list[str]) -> dict[str, floa
 
 def continuation_scores(model: TextGenerator, tok, tokens: np.ndarray, cfg: EvaluateParams,
                         device: torch.device) -> tuple[dict[str, float], list[dict]]:
-    """Greedily continue held-out prompts and score the continuations against the true text."""
+    """Greedily continue held-out prompts and score the continuations against the true text.
+
+    Prompts and references are spans of the test stream, decoded to text; the continuations come from the prompt
+    texts (`continue_texts`), as a re-scored champion with another tokenizer continues them."""
     span = cfg.prompt_tokens + cfg.continuation_tokens
     offsets = prompt_offsets(len(tokens), cfg.n_prompts, span)
     if not offsets:
         log.warning("evaluate: the test split is shorter than one prompt + continuation; BLEU/ROUGE-L skipped")
         return {"bleu": float("nan"), "rouge_l": float("nan")}, []
     rows = torch.from_numpy(np.stack([tokens[o : o + span] for o in offsets]).astype(np.int64)).to(device)
-    prompts, truth = rows[:, : cfg.prompt_tokens], rows[:, cfg.prompt_tokens :]
-    generated = model.generate(prompts, cfg.continuation_tokens, temperature=0.0)
-    preds = tok.decode_batch(generated.tolist())
-    refs = tok.decode_batch(truth.tolist())
-    records = [{"prompt": p, "reference": r, "generated": g}
-               for p, r, g in zip(tok.decode_batch(prompts.tolist()), refs, preds)]
+    prompts = tok.decode_batch(rows[:, : cfg.prompt_tokens].tolist())
+    refs = tok.decode_batch(rows[:, cfg.prompt_tokens :].tolist())
+    preds = continue_texts(model, tok, prompts, cfg.continuation_tokens, device)
+    records = [{"prompt": p, "reference": r, "generated": g} for p, r, g in zip(prompts, refs, preds)]
     return text_scores(preds, refs), records
 
 
@@ -80,6 +124,14 @@ def copy_and_diversity_scores(params: Params, samples: list[str]) -> tuple[dict,
     metrics = {"memorization": copies["memorization"], "memorization_longest_chars": copies["memorization_longest_chars"],
                "memorized_char_share": copies["memorized_char_share"], "diversity": words["distinct_2"], **words}
     return metrics, [row["longest_chars"] for row in copies["samples"]]
+
+
+def real_halves(n_total: int, n_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the two disjoint sets of real training images evaluate compares with (sorted): the first is
+    scored against the samples, the second against the first (the real-vs-real floor)."""
+    n = min(n_images, n_total // 2)
+    order = np.random.default_rng(seed).permutation(n_total)
+    return np.sort(order[:n]), np.sort(order[n : 2 * n])
 
 
 def grid_labels(rows: int, n_classes: int) -> torch.Tensor:

@@ -148,8 +148,8 @@ def sweep(param_sets: list[dict[str, Any]], params_path: str = PARAMS_FILE) -> d
     from prefect.runtime import flow_run
 
     from flows.report import ARTIFACT_KEY, sweep_markdown
-    from registry.gate import gate
     from registry.tracking import connect
+    from tasks.register import gate_version
 
     quiet_expected_errors()
     params_path = str(Path(params_path).resolve())
@@ -177,7 +177,9 @@ def sweep(param_sets: list[dict[str, Any]], params_path: str = PARAMS_FILE) -> d
         decision = None
         if best is not None:
             mlflow.set_tracking_uri(cfg.tracking_uri)
-            decision = gate(mlflow.MlflowClient(), cfg, best)
+            # the best set's params (its data paths and evaluation settings), with the shared register section
+            chosen = sets[next(i for i, r in enumerate(rows) if r.get("version") == best)]
+            decision = gate_version(chosen, mlflow.MlflowClient(), best)
     create_markdown_artifact(markdown=sweep_markdown(cfg.model_name, cfg.promote_metric, rows, best, decision),
                              key=ARTIFACT_KEY, description=f"{cfg.model_name}: sweep of {len(rows)} param sets")
     failed = [r["name"] for r in rows if r["status"] != "done"]

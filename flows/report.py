@@ -48,6 +48,22 @@ def mlflow_links(tracking_uri: str, model_name: str, version: dict) -> list[str]
             + ", ".join(f"{what} <{local}/{page}>" for what, page in pages)]
 
 
+def comparison_table(metric: str, version: str, tags: dict[str, str]) -> list[str]:
+    """The challenger against the champion re-scored on the challenger's protocol, with the gain's interval (the
+    numbers the gate decided on), from the challenger's tags; [] when there was no comparison."""
+    rescored = tags.get(f"champion_rescored.{metric}")
+    if rescored is None:
+        return []
+    pct = _fmt(100 * float(tags.get("comparison.confidence", "nan")))
+    return [f"| {metric} | challenger v{version} | champion v{tags.get('champion_rescored.version')}, re-scored | "
+            f"gain | {pct}% interval | p |", "|---|---:|---:|---:|---|---:|",
+            f"| {metric} | {_fmt(tags.get('challenger_value'))} | {_fmt(rescored)} | {_fmt(tags.get('comparison.gain'))} "
+            f"| [{_fmt(tags.get('comparison.ci_low'))}, {_fmt(tags.get('comparison.ci_high'))}] | "
+            f"{_fmt(tags.get('comparison.p_value'))} |", "",
+            (f"Paired over {tags.get('comparison.n_units')} units ({tags.get('comparison.n_resamples')} bootstrap "
+             "resamples): the champion re-scored on the challenger's test data, never its stored numbers."), ""]
+
+
 def report_markdown(model_name: str, ran: list[str], challenger: dict | None, champion: dict | None,
                     samples: list[str], tracking_uri: str | None = None) -> str:
     """Render one flow run's report. `challenger` / `champion` are {"version": str, "tags": {...}} (plus the
@@ -65,6 +81,9 @@ def report_markdown(model_name: str, ran: list[str], challenger: dict | None, ch
     decision = ctags.get("decision", "unknown")
     lines += [(f"**Decision: {decision}** (version {challenger['version']}; gate metric `{metric}`, "
                f"min improvement {ctags.get('min_improvement', '–')})"), ""]
+    if ctags.get("decision_rule"):
+        lines += [f"Rule: {ctags['decision_rule']}", ""]
+    lines += comparison_table(metric, challenger["version"], ctags)
     if tracking_uri:
         lines += mlflow_links(tracking_uri, model_name, challenger) + [""]
     if ctags.get("refused_by", "none") != "none":
@@ -101,9 +120,13 @@ def sweep_markdown(model_name: str, metric: str, rows: list[dict], best: str | N
         lines.append(f"| {row['name']}{star} | {overrides} | {row.get('version') or '–'} | "
                      f"{_fmt(row.get('value'))} | {row['status']} |")
     if decision is not None:
-        lines += ["", (f"Best: version {best} became challenger; gate decision: "
-                       f"**{'promoted to champion' if decision['promoted'] else 'kept the champion'}** "
-                       f"(champion is version {decision['champion_version']}).")]
+        lines += ["", (f"Best: version {best} became challenger; gate decision: **{decision['decision']}** "
+                       f"({decision.get('decision_rule', '')}; champion is version {decision['champion_version']}).")]
+        c = decision.get("comparison")
+        if c:
+            lines += ["", (f"{metric}: challenger {_fmt(c['challenger'])}, champion re-scored {_fmt(c['champion'])}, "
+                           f"gain {_fmt(c['gain'])}, {_fmt(100 * c['confidence'])}% interval [{_fmt(c['ci_low'])}, "
+                           f"{_fmt(c['ci_high'])}], p={_fmt(c['p_value'])}")]
     else:
         lines += ["", "No param set produced a model: nothing was gated."]
     return "\n".join(lines) + "\n"

@@ -127,19 +127,25 @@ class TextGenerator(Generator):
     modality = "text"
 
     @torch.inference_mode()
-    def score_stream(self, tokens: np.ndarray, batch_size: int, device: torch.device) -> tuple[float, int]:
-        """Return the summed NLL (nats) of every token of `tokens` after the first, and how many were scored.
+    def token_nll(self, tokens: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+        """Return the NLL (nats, float64) of every token of `tokens` after the first: entry i scores token i + 1.
 
         Default: independent windows of block_size tokens of context, batched; models with state override this."""
         windows = scoring_windows(len(tokens), self.block_size)
         full = [w for w in windows if w[1] - w[0] == self.block_size + 1]
         tail = [w for w in windows if w[1] - w[0] != self.block_size + 1]
-        total, count = 0.0, 0
+        out = np.zeros(max(len(tokens) - 1, 0), dtype=np.float64)
         for group in [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in tail]:
             rows = torch.from_numpy(np.stack([tokens[s:e] for s, e in group]).astype(np.int64)).to(device)
-            total += self.nll(rows[:, :-1], rows[:, 1:]).item()
-            count += rows[:, 1:].numel()
-        return total, count
+            losses = self.token_losses(rows[:, :-1], rows[:, 1:]).double().cpu().numpy()
+            for (s, e), row in zip(group, losses):
+                out[s : e - 1] = row
+        return out
+
+    def score_stream(self, tokens: np.ndarray, batch_size: int, device: torch.device) -> tuple[float, int]:
+        """Return the summed NLL (nats) of every token of `tokens` after the first, and how many were scored."""
+        nll = self.token_nll(tokens, batch_size, device)
+        return float(nll.sum()), len(nll)
 
     @property
     def block_size(self) -> int:
@@ -148,6 +154,10 @@ class TextGenerator(Generator):
 
     def nll(self, x: Tensor, y: Tensor) -> Tensor:
         """Return the summed negative log-likelihood (nats) of targets `y` (B, T) given inputs `x` (B, T)."""
+        return self.token_losses(x, y).sum()
+
+    def token_losses(self, x: Tensor, y: Tensor) -> Tensor:
+        """Return the negative log-likelihood (nats, float32) of each target of `y` (B, T) given inputs `x`."""
         raise NotImplementedError
 
     def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,

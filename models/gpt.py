@@ -101,9 +101,9 @@ class GPT(TextGenerator):
         logits = self(x)  # (B, T, V)
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
 
-    def nll(self, x: Tensor, y: Tensor) -> Tensor:
+    def token_losses(self, x: Tensor, y: Tensor) -> Tensor:
         logits = self(x)
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
 
     @torch.inference_mode()
     def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,

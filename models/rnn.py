@@ -73,22 +73,24 @@ class RecurrentLM(TextGenerator):
             self._carried = _detach(new_state)  # truncate backpropagation at the window boundary
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
 
-    def nll(self, x: Tensor, y: Tensor) -> Tensor:
+    def token_losses(self, x: Tensor, y: Tensor) -> Tensor:
         logits, _ = self(x)
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
 
     @torch.inference_mode()
-    def score_stream(self, tokens: np.ndarray, batch_size: int, device: torch.device) -> tuple[float, int]:
+    def token_nll(self, tokens: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
         """Score the whole stream in one pass, chunk by chunk, carrying the state (batch_size is not needed)."""
         ids = torch.from_numpy(np.asarray(tokens, dtype=np.int64)).to(device)
-        total, state, chunk = 0.0, None, max(self.block_size, 256)
+        out = np.zeros(max(len(ids) - 1, 0), dtype=np.float64)
+        state, chunk = None, max(self.block_size, 256)
         for start in range(0, len(ids) - 1, chunk):
             x = ids[start : start + chunk][None, :]  # (1, T)
             y = ids[start + 1 : start + chunk + 1][None, :]
             x = x[:, : y.size(1)]
             logits, state = self(x, state)
-            total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
-        return total, max(len(ids) - 1, 0)
+            out[start : start + y.size(1)] = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(),
+                                                            reduction="none").double().cpu().numpy()
+        return out
 
     @torch.inference_mode()
     def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,

@@ -102,8 +102,25 @@ LIMITS = {
 }
 
 
+def comparison_lines(metric: str, versus: dict[str, Any]) -> list[str]:
+    """Markdown lines: this model against the champion re-scored on this model's evaluation protocol."""
+    c = versus.get("comparison")
+    if versus.get("incomparable"):
+        return [f"Champion version {versus['champion_version']} could not be compared: {versus['incomparable']}."]
+    if not c:
+        return ["No champion to compare with." if versus.get("champion_version") is None else "Not compared."]
+    pct = round(100 * c["confidence"])
+    return [(f"Champion version {versus['champion_version']}, re-scored on this model's test data and evaluation "
+             f"protocol (never its stored numbers), paired over {c['n_units']} units, {c['n_resamples']} bootstrap "
+             "resamples:"), "",
+            *_table(["metric", "this model", "champion (re-scored)", "gain", f"{pct}% interval of the gain", "p"],
+                    [[metric, _fmt(c["challenger"]), _fmt(c["champion"]), _fmt(c["gain"]),
+                      f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]", _fmt(c["p_value"])]])]
+
+
 def model_card(*, params: Params, name: str, metrics: dict[str, Any], train_metrics: dict[str, Any],
-               guard_list: list[Guard], lineage: dict[str, str], data: str, samples: list[str]) -> str:
+               guard_list: list[Guard], lineage: dict[str, str], data: str, samples: list[str],
+               versus: dict[str, Any] | None = None) -> str:
     """Return the model card: the model, its scores and guards, samples, lineage, use and limits, the data card."""
     modality = params.model.modality.name
     arch = params.model.hparams.architecture()
@@ -116,6 +133,7 @@ def model_card(*, params: Params, name: str, metrics: dict[str, Any], train_metr
              "## Guards", "", ("A version becomes champion only if every guard passes and it beats the champion on "
                               f"`{params.register.promote_metric}`."), ""]
     lines += [f"- {'PASS' if g.passed else 'FAIL'}: {g.describe()}" for g in guard_list]
+    lines += ["", "## Against the champion", "", *comparison_lines(params.register.promote_metric, versus or {})]
     lines += ["", "## Evaluation", ""]
     lines += _table(["metric", "value"], [[k, v] for k, v in sorted(metrics.items()) if not isinstance(v, (dict, list))])
     lines += ["", "## Samples", ""]

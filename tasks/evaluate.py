@@ -34,18 +34,31 @@ import torch
 
 from config.catalog import (
     CLASS_ACCURACY_FILE,
+    CLEAN_FILE,
     CONTINUATIONS_FILE,
+    DOCUMENT_SCORES_FILE,
     GRID_FILE,
+    IMAGE_FEATURES_FILE,
     META_FILE,
     NEAREST_FILE,
+    PROTOCOL_FILE,
     RECONSTRUCTIONS_FILE,
     SAMPLES_FILE,
     TOKENIZER_FILE,
 )
 from config.params import Params
-from dataprep.tokenize import load_tokens
+from dataprep.tokenize import iter_split, load_tokens
+from evaluation.protocol import digest_arrays, digest_texts, image_protocol, protocol_digest, text_protocol
 from evaluation.render import text_png
-from evaluation.scoring import bits_per_byte, continuation_scores, copy_and_diversity_scores, grid_labels, sample_images
+from evaluation.scoring import (
+    bits_per_byte,
+    continuation_scores,
+    copy_and_diversity_scores,
+    document_scores,
+    grid_labels,
+    real_halves,
+    sample_images,
+)
 from models.base import load_generator
 from models.registry import IMAGE
 from runtime.device import pick_device
@@ -70,15 +83,19 @@ def evaluate_images(params: Params) -> dict:
     clf = load_classifier(params.classifier.out_dir, device)
     task = read_json(params.classifier.out_dir / TASK_FILE)["task"]
     images, _ = load_images(data_dir, "train")
-    n = min(cfg.n_images, len(images) // 2)
-    order = np.random.default_rng(cfg.seed).permutation(len(images))
-    real_a = to_unit(torch.from_numpy(np.asarray(images[np.sort(order[:n])])))
-    real_b = to_unit(torch.from_numpy(np.asarray(images[np.sort(order[n : 2 * n])])))
+    idx_a, idx_b = real_halves(len(images), cfg.n_images, cfg.seed)
+    n = len(idx_a)
+    real_a = to_unit(torch.from_numpy(np.asarray(images[idx_a])))
+    real_b = to_unit(torch.from_numpy(np.asarray(images[idx_b])))
     conditional = getattr(model, "conditional", False)
     requested = torch.arange(n) % meta["n_classes"] if conditional else None
 
+    # the sampler steps in force (the model's default when evaluate.sample_steps is null), so that a re-scored
+    # champion samples with the same number
+    steps = cfg.sample_steps if cfg.sample_steps is not None else getattr(getattr(model, "config", None),
+                                                                          "sample_steps", None)
     start = time.perf_counter()
-    fake = sample_images(model, n, cfg.seed, requested, cfg.sample_steps, report=Progress("evaluate", n, log))
+    fake = sample_images(model, n, cfg.seed, requested, steps, report=Progress("evaluate", n, log))
     sampling_seconds = time.perf_counter() - start
     kid_subset = min(cfg.kid_subset_size, n)
     scores = image_scores(real_a, fake, clf, kid_subset_size=kid_subset, k=cfg.pr_k, seed=cfg.seed)
@@ -104,15 +121,23 @@ def evaluate_images(params: Params) -> dict:
     # Copies and collapse, in the same feature space: each sample's nearest training image (all of them), and the
     # samples' spread relative to the real images'. Held-out test images give the copy share of real new images.
     train_feats, _ = embed(clf, images)
-    fake_feats, _ = embed(clf, fake)
+    fake_feats, fake_logits = embed(clf, fake)
+    real_feats, _ = embed(clf, real_a)
+    from models.classifier import WEIGHTS_FILE
+    from runtime.io import sha256_file
+
+    protocol = image_protocol(real_sha256=digest_arrays(np.asarray(images[idx_a])),
+                              extractor_sha256=sha256_file(params.classifier.out_dir / WEIGHTS_FILE), n_images=n,
+                              seed=cfg.seed, steps=steps, image_shape=list(images.shape[1:]), conditional=conditional,
+                              kid_subset_size=kid_subset, pr_k=cfg.pr_k)
+    metrics["protocol"] = protocol_digest(protocol)
     test_images, _ = load_images(data_dir, "test")
     copies = copy_report(fake_feats, train_feats, embed(clf, test_images)[0], quantile=cfg.copy_quantile,
                          seed=cfg.seed)
     metrics |= {"memorization": copies["memorization"], "memorization_real": copies.get("memorization_real"),
                 "copy_threshold": copies["copy_threshold"], "nn_distance_median": copies["nn_distance_median"],
                 "train_nn_distance_median": copies["train_nn_distance_median"],
-                "diversity": feature_spread(fake_feats, seed=cfg.seed) / feature_spread(embed(clf, real_a)[0],
-                                                                                        seed=cfg.seed)}
+                "diversity": feature_spread(fake_feats, seed=cfg.seed) / feature_spread(real_feats, seed=cfg.seed)}
     closest = copies["distances"].argsort()[: cfg.grid_rows]
     pairs = torch.cat([fake[closest], to_unit(torch.from_numpy(np.asarray(images[copies["indices"][closest]])))])
     if task != "labels":  # rotation logits say nothing about classes: an Inception Score would mislead
@@ -120,7 +145,7 @@ def evaluate_images(params: Params) -> dict:
 
     rows = cfg.grid_rows
     grid_cond = grid_labels(rows, meta["n_classes"]) if conditional else None
-    grid = sample_images(model, rows * rows, cfg.seed, grid_cond, cfg.sample_steps)
+    grid = sample_images(model, rows * rows, cfg.seed, grid_cond, steps)
     metrics = {k: (round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v
                for k, v in metrics.items()}
     with atomic_path(cfg.plots_dir) as pictures:
@@ -139,6 +164,10 @@ def evaluate_images(params: Params) -> dict:
         out.mkdir()
         if per_class is not None:
             write_json(out / CLASS_ACCURACY_FILE, per_class)
+        write_json(out / PROTOCOL_FILE, protocol)
+        # the units a re-scored champion is compared on (tasks/register.py); loaded with allow_pickle=False
+        np.savez(out / IMAGE_FEATURES_FILE, real_features=real_feats.numpy(), fake_features=fake_feats.numpy(),
+                 fake_logits=fake_logits.numpy())
     write_json(cfg.metrics_path, metrics)
     shown = {k: "n/a" if metrics.get(k) is None else f"{metrics[k]:.4g}"
              for k in ("fid", "fid_real_floor", "kid", "inception_score", "precision", "recall", "class_accuracy",
@@ -163,10 +192,19 @@ def evaluate(params: Params) -> dict:
     model = load_generator(params.train.out_dir, device).eval()
     test = load_tokens(data_dir, "test")
 
+    documents = list(iter_split(params.clean.out_dir / CLEAN_FILE, "test", params.preprocess))
     start = time.perf_counter()
-    nll, n_scored = model.score_stream(test, cfg.batch_size, device)
+    # per test document (the stream preprocess wrote, attributed to its documents): the unit that a re-scored
+    # champion is compared on (tasks/register.py)
+    per_doc = document_scores(model, tok, documents, cfg.batch_size, device)
+    nll, n_scored = float(per_doc["nll"].sum()), int(per_doc["tokens"].sum())
     scored_at = time.perf_counter()
     scores, continuations = continuation_scores(model, tok, test, cfg, device)
+    protocol = text_protocol(test_sha256=digest_texts(documents), n_documents=len(documents),
+                             n_bytes=int(per_doc["bytes"].sum()),
+                             prompts_sha256=digest_texts(t for c in continuations for t in (c["prompt"], c["reference"])),
+                             n_prompts=len(continuations), continuation_tokens=cfg.continuation_tokens,
+                             tokenizer_sha256=digest_texts([tok.to_str()]))
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     samples = model.sample(cfg.n_samples, generator=gen, start_id=meta["eot_id"], max_new_tokens=cfg.sample_tokens,
                            temperature=cfg.temperature, top_k=cfg.top_k) if cfg.n_samples else None
@@ -176,13 +214,14 @@ def evaluate(params: Params) -> dict:
     metrics = {
         "test_loss": nll / n_scored,
         "test_perplexity": math.exp(nll / n_scored),
-        "test_bpb": bits_per_byte(nll, meta["test"]["n_bytes"]),
+        "test_bpb": bits_per_byte(nll, int(per_doc["bytes"].sum())),
         "test_unigram_bpb": meta["test"]["byte_entropy_bits"],  # baseline: a model that knows byte frequencies
         "test_tokens": n_scored,
         "test_bytes": meta["test"]["n_bytes"],
         **scores,
         **guard_scores,
         "scoring_tokens_per_second": n_scored / max(scored_at - start, 1e-9),
+        "protocol": protocol_digest(protocol),
     }
     metrics = {k: (round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v
                for k, v in metrics.items()}  # JSON has no NaN: an unavailable score is null
@@ -191,6 +230,8 @@ def evaluate(params: Params) -> dict:
         write_jsonl(out / SAMPLES_FILE, [{"seed": cfg.seed, "index": i, "text": t, "longest_copied_chars": n}
                                          for i, (t, n) in enumerate(zip(texts, copied))])
         write_jsonl(out / CONTINUATIONS_FILE, continuations)
+        write_json(out / PROTOCOL_FILE, protocol)
+        write_json(out / DOCUMENT_SCORES_FILE, {k: v.tolist() for k, v in per_doc.items()})
     with atomic_path(cfg.plots_dir) as pictures:
         pictures.mkdir()
         (pictures / GRID_FILE).write_bytes(text_png(texts, title=f"{params.model.name}: {len(texts)} samples "

@@ -22,23 +22,31 @@ import logging
 import math
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
 from config.catalog import (
+    CLEAN_FILE,
+    CONTINUATIONS_FILE,
     DATA_CARD_FILE,
+    DOCUMENT_SCORES_FILE,
     GRID_FILE,
+    IMAGE_FEATURES_FILE,
     META_FILE,
     MODEL_CARD_FILE,
+    PROTOCOL_FILE,
     RUN_FILE,
     SAMPLES_FILE,
     TOKENIZER_FILE,
 )
 from config.params import Params
+from evaluation.protocol import METRICS_VERSION, protocol_digest
 from models.registry import IMAGE, TEXT, declaration
 from registry.cards import data_card, guards, model_card
 from registry.gate import current_champion, gate
 from registry.lineage import lineage_tags
+from runtime.errors import UserError
 from runtime.io import read_json, read_jsonl, write_json
 from serving import CODE_PATHS, pyfunc_file
 from serving.signatures import requirements
@@ -66,7 +74,9 @@ def _model_files(params: Params, scratch: Path) -> dict:
             "input_example": [{"prompt": "The ", "max_new_tokens": 8, "temperature": 0.0, "top_k": 0, "seed": 0}],
             "pip_requirements": requirements(decl, with_peft=generator_dir == params.train.out_dir and
                                                        params.model.lora is not None),
-            "evaluation": [evaluation / SAMPLES_FILE, params.evaluate.plots_dir / GRID_FILE]}
+            # the protocol and per-document scores: what a later gate (a sweep's) compares a re-scored champion with
+            "evaluation": [evaluation / f for f in (SAMPLES_FILE, CONTINUATIONS_FILE, PROTOCOL_FILE,
+                                                     DOCUMENT_SCORES_FILE)] + [params.evaluate.plots_dir / GRID_FILE]}
 
 
 def _generator_to_log(params: Params, scratch: Path) -> Path:
@@ -80,7 +90,8 @@ def _generator_to_log(params: Params, scratch: Path) -> Path:
     return merged
 
 
-def _write_cards(params: Params, metrics: dict, lineage: dict[str, str], scratch: Path) -> dict[str, Path]:
+def _write_cards(params: Params, metrics: dict, lineage: dict[str, str], versus: dict,
+                 scratch: Path) -> dict[str, Path]:
     """Write the data card and the model card of this version into `scratch`; return their paths by artifact key."""
     clean_cfg = params.clean
     policy = ({"pii": clean_cfg.pii, "min_chars": clean_cfg.min_chars, "max_chars": clean_cfg.max_chars}
@@ -93,7 +104,7 @@ def _write_cards(params: Params, metrics: dict, lineage: dict[str, str], scratch
         samples = [r["text"] for r in read_jsonl(params.evaluate.out_dir / SAMPLES_FILE)][:3]
     card = model_card(params=params, name=params.register.model_name, metrics=metrics,
                       train_metrics=read_json(params.train.metrics_path), guard_list=guards(metrics, params.register),
-                      lineage=lineage, data=data, samples=samples)
+                      lineage=lineage, data=data, samples=samples, versus=versus)
     paths = {"data_card": scratch / DATA_CARD_FILE, "model_card": scratch / MODEL_CARD_FILE}
     paths["data_card"].write_text(data, encoding="utf-8")
     paths["model_card"].write_text(card, encoding="utf-8")
@@ -121,6 +132,10 @@ def register(params: Params) -> dict:
     value = float("nan") if value is None else float(value)
 
     lineage = lineage_tags(params.root)
+    # before this version exists: the champion re-scored on this evaluation's protocol (for the card and the gate)
+    versus = (compare_with_champion(params, client, params.evaluate.out_dir) if cfg.promote == "gate" else
+              {"champion_version": None, "comparison": None, "incomparable": None,  # a sweep gates its best later
+               "protocol": read_json(params.evaluate.out_dir / PROTOCOL_FILE)})
     resumed = run_exists(run_id)
     with tempfile.TemporaryDirectory() as scratch, mlflow.start_run(run_id=run_id if resumed else None, experiment_id=experiment_id) as run:
         if not resumed:  # training was logged elsewhere (or restored from DVC's cache): backfill its curve
@@ -137,7 +152,7 @@ def register(params: Params) -> dict:
         spec = _model_files(params, Path(scratch))
         for path in spec.pop("evaluation"):
             mlflow.log_artifact(str(path), artifact_path="evaluation")
-        cards = _write_cards(params, metrics, lineage, Path(scratch))
+        cards = _write_cards(params, metrics, lineage, versus, Path(scratch))
         for path in cards.values():
             mlflow.log_artifact(str(path), artifact_path="cards")
         spec["artifacts"] |= {key: str(path) for key, path in cards.items()}
@@ -152,11 +167,13 @@ def register(params: Params) -> dict:
     tags = {"data_sha256": data_digest, "generator": params.model.name,
             "init_from": params.model.init_from or "scratch",
             "lora": "none" if params.model.lora is None else params.register.lora_export, **lineage}
+    tags |= {"protocol": protocol_digest(versus["protocol"])}
+    tags |= {f"protocol.{k}": str(v) for k, v in versus["protocol"].items()}
     for key, val in tags.items():
         client.set_model_version_tag(cfg.model_name, version, key, val)
     client.update_model_version(cfg.model_name, version, description=description)
     if cfg.promote == "gate":
-        decision = gate(client, cfg, version)
+        decision = gate(client, cfg, version, versus)
     else:
         client.set_model_version_tag(cfg.model_name, version, "decision", "not_gated")
         champion_version, _ = current_champion(client, cfg.model_name, cfg.promote_metric)
@@ -166,6 +183,149 @@ def register(params: Params) -> dict:
     result = {**decision, "run_id": run_id}
     write_json(cfg.metrics_path, result)
     return result
+
+
+# ------------------------------------------------------------------------------ the champion, re-scored
+
+
+def _cache_file(params: Params, champion_version: str, protocol: dict, suffix: str) -> Path:
+    from evaluation.protocol import protocol_digest
+
+    cfg = params.register
+    return cfg.rescore_cache_dir / f"{cfg.model_name}-v{champion_version}-{protocol_digest(protocol)}{suffix}"
+
+
+def _champion_text_evidence(params: Params, champion_version: str, protocol: dict, prompts: list[str]) -> dict:
+    from dataprep.tokenize import iter_split
+    from evaluation.champion import Incomparable, load_registered, text_evidence
+    from evaluation.protocol import digest_texts
+    from runtime.device import pick_device
+
+    cached = _cache_file(params, champion_version, protocol, ".json")
+    if cached.exists():
+        return read_json(cached)
+    try:
+        documents = list(iter_split(params.clean.out_dir / CLEAN_FILE, "test", params.preprocess))
+    except UserError:
+        raise Incomparable("the test documents it was evaluated on are not in this workspace") from None
+    if digest_texts(documents) != protocol["test_sha256"]:
+        raise Incomparable("this workspace's test split is not the one the challenger was evaluated on")
+    py = load_registered(f"models:/{params.register.model_name}/{champion_version}")
+    if not hasattr(py, "tokenizer"):
+        raise Incomparable("the champion is not a text generator")
+    evidence = text_evidence(py.model, py.tokenizer, documents, prompts, protocol["continuation_tokens"],
+                             params.evaluate.batch_size, pick_device(params.train.device))
+    write_json(cached, evidence)
+    return evidence
+
+
+def _champion_image_evidence(params: Params, champion_version: str, protocol: dict) -> dict:
+    import numpy as np
+    import torch
+
+    from dataprep.tokenize import load_images
+    from evaluation.champion import Incomparable, image_evidence, load_registered
+    from evaluation.protocol import digest_arrays
+    from evaluation.scoring import real_halves
+    from models.classifier import WEIGHTS_FILE, load_classifier, to_unit
+    from runtime.device import pick_device
+    from runtime.io import atomic_path, sha256_file
+
+    cached = _cache_file(params, champion_version, protocol, ".npz")
+    if cached.exists():
+        with np.load(cached, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    if sha256_file(params.classifier.out_dir / WEIGHTS_FILE) != protocol["extractor_sha256"]:
+        raise Incomparable("the feature extractor in this workspace is not the challenger's")
+    images, _ = load_images(params.preprocess.out_dir, "train")
+    idx, _ = real_halves(len(images), protocol["n_images"], protocol["seed"])
+    if len(idx) != protocol["n_images"] or digest_arrays(np.asarray(images[idx])) != protocol["real_sha256"]:
+        raise Incomparable("this workspace's real images are not the ones the challenger was evaluated on")
+    py = load_registered(f"models:/{params.register.model_name}/{champion_version}")
+    if hasattr(py, "tokenizer"):
+        raise Incomparable("the champion is a text generator")
+    conditional = protocol["labels"] != "none"
+    if bool(getattr(py.model, "conditional", False)) != conditional:
+        raise Incomparable("one of the two is class-conditional and the other is not")
+    device = pick_device(params.train.device)
+    meta = read_json(params.preprocess.out_dir / META_FILE)
+    real = to_unit(torch.from_numpy(np.asarray(images[idx])))
+    try:
+        evidence = image_evidence(py.model.to(device), load_classifier(params.classifier.out_dir, device), real,
+                                  n=protocol["n_images"], seed=protocol["seed"], steps=protocol["sample_steps"],
+                                  n_classes=meta.get("n_classes", 0), conditional=conditional)
+    except (RuntimeError, ValueError, IndexError) as exc:  # another resolution, channel count or class count
+        raise Incomparable(f"sampling it for this data failed ({str(exc).splitlines()[0][:160]})") from None
+    with atomic_path(cached) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **evidence)
+    return evidence
+
+
+def compare_with_champion(params: Params, client, evidence_dir: Path) -> dict:
+    """Re-score the current champion under the protocol of the evaluation in `evidence_dir` (evaluate's output,
+    or a registered version's `evaluation/` artifacts) and compare it with that evaluation, paired.
+
+    Returns {"champion_version": str | None, "comparison": Comparison dict | None, "incomparable": reason | None,
+    "protocol": the challenger's protocol}. Never reads the champion's stored metrics."""
+    import numpy as np
+
+    from evaluation.champion import Incomparable, image_comparison, text_comparison
+
+    cfg = params.register
+    champion_version, _ = current_champion(client, cfg.model_name, cfg.promote_metric)
+    protocol = read_json(evidence_dir / PROTOCOL_FILE)
+    out = {"champion_version": champion_version, "comparison": None, "incomparable": None, "protocol": protocol}
+    if champion_version is None:
+        return out
+    start = time.perf_counter()
+    common = {"confidence": cfg.min_confidence, "n_resamples": cfg.bootstrap_samples, "seed": params.evaluate.seed}
+    try:
+        if protocol.get("modality") != params.model.modality.name:
+            raise Incomparable(f"the evaluation is of {protocol.get('modality')} data, the generator makes "
+                               f"{params.model.modality.name}")
+        if protocol.get("metrics_version") != METRICS_VERSION:
+            raise Incomparable(f"the evaluation used metric definitions v{protocol.get('metrics_version')}, this "
+                               f"code v{METRICS_VERSION}")
+        if params.model.modality is TEXT:
+            records = read_jsonl(evidence_dir / CONTINUATIONS_FILE)
+            champion = _champion_text_evidence(params, champion_version, protocol, [r["prompt"] for r in records])
+            challenger = read_json(evidence_dir / DOCUMENT_SCORES_FILE) | {
+                "generated": [r["generated"] for r in records], "tokenizer_sha256": protocol["tokenizer_sha256"]}
+            comparison = text_comparison(cfg.promote_metric, cfg.greater_is_better, protocol, challenger, champion,
+                                         [r["reference"] for r in records], **common)
+        else:
+            champion = _champion_image_evidence(params, champion_version, protocol)
+            with np.load(evidence_dir / IMAGE_FEATURES_FILE, allow_pickle=False) as z:
+                challenger = {"features": z["fake_features"], "logits": z["fake_logits"]}
+                real = z["real_features"]
+            comparison = image_comparison(cfg.promote_metric, cfg.greater_is_better, protocol, challenger, champion,
+                                          real, **common)
+    except Incomparable as exc:
+        out["incomparable"] = str(exc)
+        log.warning("register: champion version %s cannot be compared with this model: %s", champion_version, exc)
+        return out
+    out["comparison"] = comparison.to_dict() | {"seconds": round(time.perf_counter() - start, 3)}
+    c = out["comparison"]
+    log.info("register: champion v%s re-scored on the challenger's protocol: %s %.4g vs challenger %.4g; gain %.4g, "
+             "%d%% interval [%.4g, %.4g], p=%.3g (%d %s, %.1f s)", champion_version, c["metric"], c["champion"],
+             c["challenger"], c["gain"], round(100 * c["confidence"]), c["ci_low"], c["ci_high"], c["p_value"],
+             c["n_units"], "documents" if cfg.promote_metric.startswith("test_") else
+             "prompts" if params.model.modality is TEXT else "images", c["seconds"])
+    return out
+
+
+def gate_version(params: Params, client, version: str) -> dict:
+    """Gate an already registered version (a sweep's best): compare the champion, re-scored, with the evaluation
+    logged with that version, then decide as `register` does."""
+    import mlflow
+
+    run_id = client.get_model_version(params.register.model_name, version).run_id
+    with tempfile.TemporaryDirectory() as scratch:
+        evidence = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation",
+                                                            dst_path=scratch))
+        versus = compare_with_champion(params, client, evidence)
+    return gate(client, params.register, version, versus)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pytest
 import torch
 
 from config.catalog import CONTINUATIONS_FILE, META_FILE, RUN_FILE, SAMPLES_FILE
-from config.params import parse_params
 from models.base import CONFIG_FILE, WEIGHTS_FILE, load_generator
 from registry.gate import CHALLENGER, CHAMPION
 from runtime.io import read_json, read_jsonl
@@ -28,52 +26,6 @@ from tasks.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-# ---------------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def empty_mlflow_db(tmp_path_factory) -> Path:
-    """An sqlite file with MLflow's schema and nothing else: copying it saves each project the slow migrations."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture(autouse=True)
-def isolated_mlflow(monkeypatch):
-    """No run or tracking URI leaks from one test into the next (MLflow keeps both in process-wide state)."""
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    before = tracking_utils._tracking_uri
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
-    mlflow.set_tracking_uri(before)
-
-
-def prepare(root: Path, data: dict, empty_db: Path):
-    """Run the data stages in `root` with the params `data` (as in params.yaml); return the typed params."""
-    params = parse_params(json.loads(json.dumps(data)), root=root)
-    ingest(params)
-    clean(params)
-    preprocess(params)
-    shutil.copyfile(empty_db, root / "mlflow.db")
-    return params
-
-
-@pytest.fixture
-def staged(project, empty_mlflow_db):
-    """`staged(**overrides)`: the tiny project with params written and the data stages already run."""
-
-    def make(**overrides):
-        project.write_corpus()
-        project.make_params(**overrides)
-        return prepare(project.root, project.data, empty_mlflow_db)
-
-    return make
 
 
 def checkpoint_step(state_file: Path) -> int:
@@ -215,7 +167,7 @@ def test_evaluate_on_a_test_split_shorter_than_one_prompt_reports_null_text_scor
 # ---------------------------------------------------------------------------------------------------- register
 
 
-def test_register_gates_the_champion_and_the_champion_serves(project, staged):
+def test_register_gates_on_the_champion_rescored_and_the_champion_serves(project, staged):
     params = staged()
     train(params)
     evaluate(params)
@@ -225,6 +177,7 @@ def test_register_gates_the_champion_and_the_champion_serves(project, staged):
     first = register(params)
 
     assert first["version"] == 1 and first["promoted"] is True and first["champion_version"] == 1
+    assert first["decision_rule"] == "no champion yet" and first["comparison"] is None
     assert read_json(params.register.metrics_path) == first
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
     assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == "1"
@@ -232,27 +185,41 @@ def test_register_gates_the_champion_and_the_champion_serves(project, staged):
     assert v1.tags["decision"] == "promoted"
     bpb = read_json(params.evaluate.metrics_path)[metric]
     assert float(v1.tags[f"metric.{metric}"]) == pytest.approx(bpb)
+    protocol = read_json(params.evaluate.out_dir / "protocol.json")
+    assert v1.tags["protocol.test_sha256"] == protocol["test_sha256"] and len(v1.tags["protocol"]) == 16
     assert first["run_id"] == read_json(params.train.out_dir / RUN_FILE)["run_id"]  # logged to the training run
 
-    # A worse challenger (higher bits per byte) is registered but does not take the champion alias.
-    worse = dict(read_json(params.evaluate.metrics_path), **{metric: bpb + 0.5})
-    params.evaluate.metrics_path.write_text(json.dumps(worse))
+    # The same model again, with metrics.json claiming it is far better: the gate never reads stored numbers. It
+    # re-scores the champion on the challenger's test documents, finds the same bits per byte, and keeps it.
+    boasted = dict(read_json(params.evaluate.metrics_path), **{metric: bpb - 0.5})
+    params.evaluate.metrics_path.write_text(json.dumps(boasted))
     second = register(params)
 
     assert second["version"] == 2 and second["promoted"] is False and second["champion_version"] == 1
-    assert second[f"champion_{metric}_before"] == pytest.approx(bpb)
+    assert second["decision"] == "kept_champion" and second["decision_rule"].startswith("register.min_improvement")
+    assert second[f"champion_rescored_{metric}"] == pytest.approx(bpb, abs=1e-6)  # the champion, re-scored
+    assert second["comparison"]["gain"] == pytest.approx(0.0, abs=1e-6)
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
     assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == "2"
     v2 = client.get_model_version(name, "2")
-    assert v2.tags["decision"] == "kept_champion"
-    assert v2.tags["champion_version_before"] == "1"
+    assert v2.tags["decision"] == "kept_champion" and v2.tags["champion_version_before"] == "1"
+    assert float(v2.tags[f"champion_rescored.{metric}"]) == pytest.approx(bpb, abs=1e-6)
+    assert "re-scored" in v2.description and "## Against the champion" in v2.description  # the model card
 
-    # A better one takes over.
-    better = dict(worse, **{metric: bpb - 0.5})
-    params.evaluate.metrics_path.write_text(json.dumps(better))
-    third = register(params)
-    assert third["promoted"] is True and third["champion_version"] == 3
+    # A better model (trained longer) takes over, on the paired comparison, with its interval recorded.
+    longer = project.params_with({"train": {"max_steps": 120, "eval_interval": 60}})
+    train(longer)
+    evaluate(longer)
+    third = register(longer)
+    c = third["comparison"]
+    assert third["promoted"] is True and third["champion_version"] == 3, third
+    assert c["n_units"] == protocol["test_documents"] and c["n_resamples"] == longer.register.bootstrap_samples
+    assert 0 < c["ci_low"] <= c["gain"] <= c["ci_high"] and c["p_value"] < 0.05
+    assert c["champion"] == pytest.approx(bpb, abs=1e-6)  # version 1, re-scored (v2 never became champion)
+    v3 = client.get_model_version(name, "3")
+    assert float(v3.tags["comparison.ci_low"]) == pytest.approx(c["ci_low"]) and "excludes 0" in v3.tags["decision_rule"]
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "3"
+    assert list(longer.register.rescore_cache_dir.glob(f"{name}-v1-*.json"))  # re-scores of v1 are cached
 
     # The champion loads through the registry and continues prompts (greedy: deterministic).
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.scoring import bits_per_byte, prompt_offsets, text_scores
+from evaluation.scoring import bits_per_byte, document_scores, prompt_offsets, text_scores
 from models.base import scoring_windows
 from models.gpt import GPT, GPTConfig
 
@@ -77,6 +77,29 @@ def test_stream_nll_equals_the_brute_force_sum(n_tokens, batch_size):
     assert count == expected_count == n_tokens - 1
     assert total == pytest.approx(expected_total, rel=1e-5)
     assert 0 < total / count < 2 * math.log(40)  # a near-uniform model: about log(vocab) nats per token
+
+
+# ---------------------------------------------------------------------------------------------------- per document
+
+
+def test_document_scores_split_the_stream_nll_by_document_and_sum_to_the_stream():
+    from dataprep.tokenize import encode_stream, stream_bytes, train_char_tokenizer
+
+    docs = ["The river runs.", "Ünïcode döc — with a dash.", "x", "Another line\nand more text " * 3]
+    tok = train_char_tokenizer(docs)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=8, n_layer=1, n_head=2, n_embd=16,
+                          dropout=0.0)).eval()
+    per_doc = document_scores(model, tok, docs, 2, CPU)
+    stream = encode_stream(tok, docs)
+    total, count = model.score_stream(stream, 2, CPU)
+    assert per_doc["nll"].sum() == pytest.approx(total, rel=1e-9) and per_doc["tokens"].sum() == count
+    assert per_doc["bytes"].sum() == stream_bytes(docs)  # bits per byte from the documents = from the stream
+    assert list(per_doc["bytes"]) == [len(d.encode()) + 1 for d in docs[:-1]] + [len(docs[-1].encode())]
+    # a document owns its own tokens and the separator that ends it; the first separator is never predicted
+    assert list(per_doc["tokens"]) == [len(d) + 1 for d in docs[:-1]] + [len(docs[-1])]
+    alone = model.token_nll(stream, 2, CPU)
+    assert per_doc["nll"][0] == pytest.approx(alone[: len(docs[0]) + 1].sum(), rel=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------------- prompt_offsets

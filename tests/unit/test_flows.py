@@ -181,6 +181,20 @@ def test_report_shows_the_kept_champions_metrics_when_the_challenger_loses():
     assert "| test_bpb ◀ gate | 1.9 | 1.7 |" in md and "Samples" not in md
 
 
+def test_report_shows_the_rescored_champion_with_the_interval_the_gate_decided_on():
+    tags = {**CHALLENGER["tags"], "decision": "not_significant", "challenger_value": "1.7",
+            "decision_rule": "register.min_confidence: the 0.95 interval of the gain [-0.01, 0.2] includes 0 (p=0.3)",
+            "champion_rescored.test_bpb": "1.76", "champion_rescored.version": "6", "comparison.gain": "0.06",
+            "comparison.ci_low": "-0.01", "comparison.ci_high": "0.2", "comparison.p_value": "0.3",
+            "comparison.confidence": "0.95", "comparison.n_units": "40", "comparison.n_resamples": "1000"}
+    md = report_markdown("m", ["register"], {"version": "8", "tags": tags}, {"version": "6", "tags": {}}, [])
+    assert "Rule: register.min_confidence: the 0.95 interval of the gain [-0.01, 0.2] includes 0 (p=0.3)" in md
+    assert "| test_bpb | challenger v8 | champion v6, re-scored | gain | 95% interval | p |" in md
+    assert "| test_bpb | 1.7 | 1.76 | 0.06 | [-0.01, 0.2] | 0.3 |" in md
+    assert "Paired over 40 units (1000 bootstrap resamples)" in md
+    assert "re-scored" not in report_markdown("m", ["register"], CHALLENGER, CHALLENGER, [])  # no comparison
+
+
 def test_report_says_which_guard_refused_a_challenger():
     why = "memorization 0.9 fails register.max_memorization (<= 0.5)"
     refused = {"version": "9", "tags": {**CHALLENGER["tags"], "decision": "refused_by_guard", "refused_by": why}}
@@ -208,10 +222,16 @@ def test_sweep_report_marks_the_best_and_the_failures():
     rows = [{"name": "a-1", "overrides": {"train.lr": 0.001}, "version": "2", "value": 1.9, "status": "done"},
             {"name": "a-2", "overrides": {"train.lr": 0.01}, "version": "3", "value": 1.7, "status": "done"},
             {"name": "a-3", "overrides": {}, "status": "failed (exit 1)"}]
-    md = sweep_markdown("m", "test_bpb", rows, "3", {"promoted": False, "champion_version": 1})
+    comparison = {"challenger": 1.7, "champion": 1.75, "gain": 0.05, "ci_low": -0.01, "ci_high": 0.11,
+                  "p_value": 0.2, "confidence": 0.95}
+    md = sweep_markdown("m", "test_bpb", rows, "3", {"promoted": False, "champion_version": 1,
+                                                      "decision": "not_significant", "comparison": comparison,
+                                                      "decision_rule": "register.min_confidence: ..."})
     assert "| a-2 ★ | train.lr=0.01 | 3 | 1.7 | done |" in md
     assert "| a-3 | (none) | – | – | failed (exit 1) |" in md
-    assert "**kept the champion** (champion is version 1)" in md
+    assert "**not_significant** (register.min_confidence: ...; champion is version 1)" in md
+    assert ("test_bpb: challenger 1.7, champion re-scored 1.75, gain 0.05, 95% interval [-0.01, 0.11], p=0.2"
+            in md)
 
 
 def test_sweep_sets_are_validated_before_anything_runs(tmp_path):
