@@ -191,7 +191,7 @@ def test_changed_raw_data_reruns_ingest_onward_and_a_param_only_its_readers(proj
     (proj.root / EXTRA).write_text(EXTRA_TEXT + "A new paragraph arrived with the nightly export.\n" * 30)
     assert proj.flow() == ALL
     proj.set_params({"train": {"max_steps": 50}})
-    assert proj.flow() == {"train", "evaluate", "register"}
+    assert proj.flow() == {"preflight", "train", "evaluate", "register"}  # preflight checks every params key
     assert "up to date" in proj.run("dvc", "status").stdout
     name = proj.model_name
     versions = registry(proj).search_model_versions(f"name='{name}'")
