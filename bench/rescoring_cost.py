@@ -1,8 +1,8 @@
 """What fair promotion costs: re-scoring the champion under the challenger's protocol, against the evaluate stage.
 
 For each generator, in a fresh clone of the last commit (sharing this venv): `dvc repro` with `model.name=<name>`
-(images: `max_steps` cut to --steps, since re-scoring cost does not depend on training length; every evaluate
-setting is the default: 1,000 images for FID/KID/IS, the whole test split for text) registers version 1 as
+(images: `max_steps` cut to --steps, since re-scoring cost does not depend on training length, and the guards off
+so that version 1 becomes champion whatever its quality; every evaluate setting is the default: 1,000 images for FID/KID/IS, the whole test split for text) registers version 1 as
 champion. Then, timed as processes: `python -m tasks.evaluate` (the stage's own time), and `python -m
 tasks.register` twice: the first registers version 2 and re-scores version 1 (a cache miss), the second re-uses
 that re-score (a hit). The re-scoring seconds come from the comparison the gate records (`comparison.seconds` in
@@ -36,6 +36,8 @@ def set_params(clone: Path, name: str, steps: int) -> None:
     if name != "gpt":
         params["model"][name]["train"]["max_steps"] = steps
         params["model"][name]["train"]["eval_interval"] = steps
+    # a short run may fail the guards; version 1 must become champion for there to be something to re-score
+    params["register"].update(min_diversity=0.0, max_memorization=1.0)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
