@@ -13,7 +13,7 @@ export PREFECT_LOGGING_EXTRA_LOGGERS := tasks,flows,models,config,runtime,cli,da
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run flow deploy prefect-server test test-fast serve ui-mlflow clean
+.PHONY: setup run flow deploy prefect-server test test-fast serve serve-stream ui-mlflow clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ test-fast: setup  ## unit and stage tests only
 
 serve: setup  ## serve the champion over HTTP on port 5001
 	mlflow models serve -m "models:/$$(python -c 'from config.params import load_params; print(load_params().register.model_name)')@champion" --env-manager local --port 5001
+
+serve-stream: setup  ## stream the champion's text as server-sent events on port 5003 (POST /stream)
+	MLFLOW_TRACKING_URI="$$(python -c 'from config.params import load_params; print(load_params().register.tracking_uri)')" \
+	python -m serving.stream --model "models:/$$(python -c 'from config.params import load_params; print(load_params().register.model_name)')@champion" --port 5003
 
 ui-mlflow: setup  ## open the MLflow UI on port 5000
 	mlflow ui --backend-store-uri "$$(python -c 'from config.params import load_params; print(load_params().register.tracking_uri)')" --port 5000

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -160,10 +160,29 @@ class TextGenerator(Generator):
         """Return the negative log-likelihood (nats, float32) of each target of `y` (B, T) given inputs `x`."""
         raise NotImplementedError
 
+    @torch.inference_mode()
     def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Continue `prompt` (B, T) by `max_new_tokens`; temperature 0 is greedy. Returns only the new tokens."""
+                 generator: torch.Generator | None = None, top_p: float = 1.0,
+                 repetition_penalty: float = 1.0) -> Tensor:
+        """Continue `prompt` (B, T) by `max_new_tokens` (see `Sampling`). Returns only the new tokens (B, N)."""
+        new = list(self.steps(prompt, max_new_tokens, Sampling(temperature, top_k, top_p, repetition_penalty),
+                              generator))
+        return torch.cat(new, dim=1) if new else prompt[:, :0]
+
+    def steps(self, prompt: Tensor, max_new_tokens: int, sampling: Sampling,
+              generator: torch.Generator | None) -> Iterator[Tensor]:
+        """Yield the continuation of `prompt` (B, T) one token (B, 1) at a time: what streaming serves."""
         raise NotImplementedError
+
+    def generate_rows(self, prompts: list[list[int]], max_new_tokens: int, sampling: Sampling,
+                      generators: list[torch.Generator | None]) -> list[list[int]]:
+        """Continue prompts of different lengths, each with its own generator (seed); return the new tokens of
+        each. Default: one prompt at a time through `generate`; models that can batch them override this."""
+        device = next(self.parameters()).device
+        return [self.generate(torch.tensor([p], dtype=torch.long, device=device), max_new_tokens,
+                              temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                              repetition_penalty=sampling.repetition_penalty, generator=g)[0].tolist()
+                for p, g in zip(prompts, generators)]
 
     def sample(self, n: int, *, generator: torch.Generator, start_id: int = 0, max_new_tokens: int = 128,
                temperature: float = 1.0, top_k: int = 0) -> Tensor:
@@ -173,14 +192,39 @@ class TextGenerator(Generator):
         return self.generate(start, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
 
 
-def pick_next(logits: Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> Tensor:
-    """Choose the next token from logits (B, V): greedy at temperature 0, else top-k sampling. Returns (B, 1)."""
-    if temperature <= 0:
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen from the logits: greedy at temperature 0, else sampling among the top_k
+    likeliest tokens (0: all) whose probabilities add up to top_p (nucleus; 1: all). A repetition penalty above 1
+    makes tokens already in the row less likely (CTRL's rule, as transformers applies it: positive logits divided
+    by it, negative ones multiplied)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+
+def pick_next(logits: Tensor, sampling: Sampling, generator: torch.Generator | None,
+              seen: Tensor | None = None) -> Tensor:
+    """Choose the next token of each row from logits (B, V); `seen` (B, L) holds the tokens the repetition penalty
+    applies to. Returns (B, 1)."""
+    logits = logits.float()
+    if sampling.repetition_penalty != 1.0 and seen is not None and seen.numel():
+        scores = logits.gather(1, seen)
+        scores = torch.where(scores > 0, scores / sampling.repetition_penalty, scores * sampling.repetition_penalty)
+        logits = logits.scatter(1, seen, scores)
+    if sampling.temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) smallest logit that survives
+    logits = logits / sampling.temperature
+    if 0 < sampling.top_k < logits.size(-1):
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]  # (B, 1) smallest logit that survives
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        ordered, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(ordered, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > sampling.top_p  # tokens after the nucleus (the first always stays)
+        logits = logits.scatter(1, order, ordered.masked_fill(drop, float("-inf")))
     probs = torch.softmax(logits, dim=-1)
     if generator is not None and generator.device != probs.device:
         probs = probs.to(generator.device)

@@ -10,6 +10,7 @@ and causal attention that skips SDPA's generic kernel when attention dropout is 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.base import TextGenerator, pick_next
+from models.base import Sampling, TextGenerator, pick_next
 
 
 @dataclass(frozen=True)
@@ -106,22 +107,66 @@ class GPT(TextGenerator):
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
 
     @torch.inference_mode()
-    def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Continue `prompt` (B, T) with the KV cache; when the context fills up, restart the cache from the
-        most recent half-window of tokens so generation can run past block_size."""
+    def steps(self, prompt: Tensor, max_new_tokens: int, sampling: Sampling,
+              generator: torch.Generator | None) -> Iterator[Tensor]:
+        """Yield the next token (B, 1) of `prompt` (B, T) at a time, through the KV cache; when the context fills up,
+        restart the cache from the most recent half-window of tokens so generation can run past block_size."""
         tokens = prompt[:, -self.block_size :]
-        context, past, new = tokens, None, []
+        seen = prompt
+        context, past = tokens, None
         for _ in range(max_new_tokens):
             cached = 0 if past is None else past.get_seq_length()
             if cached + context.size(1) > self.block_size:  # positions would overflow: re-encode a recent window
                 context, past = tokens[:, -(self.block_size // 2) :], None
             out = self.net(input_ids=context, past_key_values=past, use_cache=True, logits_to_keep=1)
             past = out.past_key_values
-            context = pick_next(out.logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
-            new.append(context)
+            context = pick_next(out.logits[:, -1, :], sampling, generator, seen)  # (B, 1)
+            yield context
             tokens = torch.cat([tokens, context], dim=1)
-        return torch.cat(new, dim=1) if new else prompt[:, :0]
+            seen = torch.cat([seen, context], dim=1) if sampling.repetition_penalty != 1.0 else seen
+
+    @torch.inference_mode()
+    def generate_rows(self, prompts: list[list[int]], max_new_tokens: int, sampling: Sampling,
+                      generators: list[torch.Generator | None]) -> list[list[int]]:
+        """Continue prompts of different lengths together: left-padded, with an attention mask and position ids
+        that skip the padding, through one KV cache. Each row samples with its own generator, so a row's tokens are
+        those `generate` gives it alone with the same seed. Rows whose prompt and continuation would not fit the
+        context (where `generate` restarts its cache) run alone."""
+        fits = [i for i, p in enumerate(prompts) if 0 < len(p) and len(p) + max_new_tokens <= self.block_size]
+        if len(fits) == 1:  # a batch of one: no padding to mask, exactly the streaming path (`steps`)
+            fits = []
+        out: list[list[int]] = [[] for _ in prompts]
+        for i in sorted(set(range(len(prompts))) - set(fits)):
+            alone = torch.tensor([prompts[i]], dtype=torch.long, device=next(self.parameters()).device)
+            out[i] = self.generate(alone, max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
+                                   top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
+                                   generator=generators[i])[0].tolist()
+        if not fits or max_new_tokens == 0:
+            return out
+        width = max(len(prompts[i]) for i in fits)
+        ids = torch.full((len(fits), width), self.config.eot_id, dtype=torch.long, device=next(self.parameters()).device)
+        mask = torch.zeros((len(fits), width), dtype=torch.long, device=next(self.parameters()).device)
+        for row, i in enumerate(fits):
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i], dtype=torch.long)
+            mask[row, width - len(prompts[i]) :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        seen = [ids[row : row + 1, width - len(prompts[i]) :] for row, i in enumerate(fits)]
+        context, past, new = ids, None, []
+        for _ in range(max_new_tokens):
+            result = self.net(input_ids=context, attention_mask=mask, position_ids=positions, past_key_values=past,
+                              use_cache=True, logits_to_keep=1)
+            past, logits = result.past_key_values, result.logits[:, -1, :]
+            context = torch.cat([pick_next(logits[row : row + 1], sampling, generators[i], seen[row])
+                                 for row, i in enumerate(fits)])  # (B, 1)
+            new.append(context)
+            if sampling.repetition_penalty != 1.0:
+                seen = [torch.cat([s, context[row : row + 1]], dim=1) for row, s in enumerate(seen)]
+            mask = torch.cat([mask, torch.ones_like(context)], dim=1)
+            positions = positions[:, -1:] + 1
+        tokens = torch.cat(new, dim=1).tolist()
+        for row, i in enumerate(fits):
+            out[i] = tokens[row]
+        return out
 
 
 ATTENTION = "genpipe_causal"  # torch SDPA, except in the one case below

@@ -8,6 +8,7 @@ Scoring the test stream also carries state across windows, so the model is judge
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import TextGenerator, pick_next
+from models.base import Sampling, TextGenerator, pick_next
 
 State = Tensor | tuple[Tensor, Tensor]  # GRU: h; LSTM: (h, c); each (n_layer, B, n_hidden)
 
@@ -93,16 +94,17 @@ class RecurrentLM(TextGenerator):
         return out
 
     @torch.inference_mode()
-    def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Read the prompt, then sample one token at a time from the running state (no context limit)."""
+    def steps(self, prompt: Tensor, max_new_tokens: int, sampling: Sampling,
+              generator: torch.Generator | None) -> Iterator[Tensor]:
+        """Read the prompt, then yield one token (B, 1) at a time from the running state (no context limit)."""
         logits, state = self(prompt)
-        new = []
+        seen = prompt
         for _ in range(max_new_tokens):
-            token = pick_next(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
-            new.append(token)
+            token = pick_next(logits[:, -1, :], sampling, generator, seen)  # (B, 1)
+            yield token
+            if sampling.repetition_penalty != 1.0:
+                seen = torch.cat([seen, token], dim=1)
             logits, state = self(token, state)
-        return torch.cat(new, dim=1) if new else prompt[:, :0]
 
     def train_state(self) -> dict[str, Tensor]:
         return {f"carried.{i}": t for i, t in enumerate(_as_tensors(self._carried))}

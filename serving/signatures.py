@@ -42,6 +42,11 @@ class TextRequest(BaseModel):
                                                  "(default 0.8)")
     top_k: Value = Field(None, description="sample among the k likeliest tokens: an integer >= 0, 0 = off "
                                            "(default 50)")
+    top_p: Value = Field(None, description="sample from the smallest set of tokens whose probabilities reach p: a "
+                                           "number in (0, 1], 1 = off (default 1)")
+    repetition_penalty: Value = Field(None, description="above 1 makes tokens already in the text less likely: a "
+                                                        "number in (0, 10], 1 = off (default 1)")
+    stop: Value = Field(None, description="a list of up to 8 strings: the text ends before the first of them")
     seed: Value = Field(None, description="an integer in 0..2**63-1: the same seed gives the same text "
                                           "(default: random)")
 

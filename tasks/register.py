@@ -152,6 +152,15 @@ def register(params: Params) -> dict:
         spec = _model_files(params, Path(scratch))
         for path in spec.pop("evaluation"):
             mlflow.log_artifact(str(path), artifact_path="evaluation")
+        if params.model.name == "gpt":  # the Hugging Face format, for consumers outside this project
+            from tokenizers import Tokenizer
+
+            from models.base import load_generator
+            from serving.exports import hf_export
+
+            hf = hf_export(load_generator(Path(spec["artifacts"]["generator"])),
+                           Tokenizer.from_file(spec["artifacts"]["tokenizer"]), Path(scratch) / "hf")
+            mlflow.log_artifacts(str(hf), artifact_path="hf")
         cards = _write_cards(params, metrics, lineage, versus, Path(scratch))
         for path in cards.values():
             mlflow.log_artifact(str(path), artifact_path="cards")

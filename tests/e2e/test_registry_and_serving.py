@@ -72,9 +72,12 @@ def test_served_champion_answers_a_prompt_over_http(server):
     assert again == predictions
     only_prompt = requests.post(f"{server}/invocations", json={"inputs": [{"prompt": "x"}]}, timeout=60)
     assert only_prompt.status_code == 200, only_prompt.text
-    two = requests.post(f"{server}/invocations", json={"inputs": [{"prompt": "x", "seed": 1}, {"prompt": "y"}]},
-                        timeout=60)
-    assert two.status_code == 200 and len(two.json()["predictions"]) == 2, two.text
+    rows = [{"prompt": p, "max_new_tokens": 10, "seed": i, "top_p": 0.9} for i, p in enumerate(["x", "A longer prompt"])]
+    batch = requests.post(f"{server}/invocations", json={"inputs": rows}, timeout=60)
+    assert batch.status_code == 200, batch.text
+    alone = [requests.post(f"{server}/invocations", json={"inputs": [r]}, timeout=60).json()["predictions"][0]
+             for r in rows]
+    assert batch.json()["predictions"] == alone  # generated together, each as it is alone
 
 
 @pytest.mark.parametrize("rows, message", [
@@ -93,12 +96,61 @@ def test_served_champion_answers_a_prompt_over_http(server):
     ([{"prompt": "x", "max_tokens": 5}], "field 'max_tokens' is unknown; allowed fields: prompt, max_new_tokens, "
                                          "temperature, top_k, seed"),
     ([{"prompt": "x"}] * 257, "the request has 257 rows; at most 256 per request"),
+    ([{"prompt": "x", "top_p": -0.5}], "field 'top_p': -0.5 is invalid; expected a number in (0, 1] (1 = off)"),
+    ([{"prompt": "x", "stop": "\n"}], "field 'stop': '\\n' is invalid; expected a list of 1..8 non-empty strings of at "
+                                      "most 64 characters"),
 ])
 def test_bad_requests_get_http_400_with_one_line_naming_the_field_and_the_server_stays_up(server, rows, message):
     resp = requests.post(f"{server}/invocations", json={"inputs": rows}, timeout=60)
     assert resp.status_code == 400, resp.text
     assert resp.json()["message"] == message  # the line alone: no dump of the request before it
     assert requests.get(f"{server}/ping", timeout=5).status_code == 200
+
+
+def test_the_streaming_endpoint_sends_the_text_as_events_while_it_is_generated(built, server):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.e2e.conftest import stop
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "serving.stream", "--model", f"models:/{model_name(built)}@champion",
+                             "--port", str(port)], cwd=built.root, env=dict(built.env, MLFLOW_TRACKING_URI=built.tracking_uri()),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "the streaming endpoint did not answer /ping within 120 s"
+            time.sleep(0.5)
+        row = {"prompt": "A function", "max_new_tokens": 24, "seed": 5, "temperature": 0.9}
+        pieces, events = [], []
+        with requests.post(f"{url}/stream", json={"inputs": [row]}, stream=True, timeout=120) as resp:
+            assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+            for line in resp.iter_lines(decode_unicode=True):
+                if line.startswith("event: "):
+                    events.append(line.removeprefix("event: "))
+                elif line.startswith("data: ") and not events:
+                    pieces.append(json.loads(line.removeprefix("data: "))["text"])
+        assert events == ["done"] and len(pieces) > 1  # several events, then the end
+        whole = requests.post(f"{server}/invocations", json={"inputs": [row]}, timeout=60).json()["predictions"]
+        assert "".join(pieces) == whole[0]["text"]  # the same text as /invocations for the same seed
+        bad = requests.post(f"{url}/stream", json={"inputs": [{"prompt": "x", "top_p": 2}]}, timeout=60)
+        assert bad.status_code == 400
+        assert bad.json()["message"] == "field 'top_p': 2 is invalid; expected a number in (0, 1] (1 = off)"
+        assert requests.get(f"{url}/ping", timeout=5).status_code == 200
+    finally:
+        stop(proc)
 
 
 def test_a_body_that_is_not_json_gets_http_400_and_the_server_stays_up(server):

@@ -229,6 +229,19 @@ def test_register_gates_on_the_champion_rescored_and_the_champion_serves(project
     assert len(answer) == 2 and all(set(a) == {"text"} and isinstance(a["text"], str) for a in answer)
     assert model.predict(request) == answer
     assert model.predict(request.to_dict("records")) == answer  # rows as dicts: the same
+    # rows with the same settings are generated together; each gets what it gets alone with its seed
+    rows = [{"prompt": p, "max_new_tokens": 8, "temperature": 0.9, "top_p": 0.9, "repetition_penalty": 1.2, "seed": i}
+            for i, p in enumerate(["The river", "A", "Document 3 has a few more words in it"])]
+    together = model.predict(rows)
+    assert together == [model.predict([r])[0] for r in rows] and len({t["text"] for t in together}) > 1
+    stopped = model.predict([{"prompt": "The river", "max_new_tokens": 20, "temperature": 0.0, "stop": ["e"]}])
+    assert "e" not in stopped[0]["text"]
+    # streaming: the pieces, joined, are the text predict gives the same row and seed
+    python_model = model.unwrap_python_model()
+    for row in rows + [{"prompt": "The river", "max_new_tokens": 20, "temperature": 0.0, "stop": ["e"]}]:
+        pieces = list(python_model.predict_stream(None, [row]))
+        assert "".join(pieces) == model.predict([row])[0]["text"]
+        assert len(pieces) > 1 or len("".join(pieces)) <= 1
     # only the prompt is required
     assert len(model.predict(pd.DataFrame({"prompt": ["Document 3."]}))) == 1
     with pytest.raises(mlflow.exceptions.MlflowException, match="max_new_tokens"):
@@ -389,3 +402,46 @@ def test_lora_on_modules_the_model_lacks_is_a_one_line_error(project, staged):
     params = staged(model={"lora": {"target_modules": ["q_proj", "v_proj"]}})
     with pytest.raises(DataError, match=r"model.lora.target_modules: \['q_proj', 'v_proj'\] not found"):
         train(params)
+
+
+HF_CHILD = """
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+ids = tok(sys.argv[2])["input_ids"]
+with torch.no_grad():
+    logits = model(torch.tensor([ids])).logits[0].tolist()
+own = sorted(m for m in sys.modules if m.split(".")[0] in ("models", "serving", "tasks", "config"))
+print(json.dumps({"ids": ids, "logits": logits, "eos": tok.eos_token, "own_modules": own}))
+"""
+
+
+def test_every_registered_gpt_carries_a_hugging_face_export_that_loads_with_transformers_alone(project, staged,
+                                                                                               tmp_path):
+    import subprocess
+
+    from tokenizers import Tokenizer
+
+    params = staged()
+    train(params)
+    evaluate(params)
+    version = register(params)["version"]
+    client = mlflow.MlflowClient(params.register.tracking_uri, registry_uri=params.register.tracking_uri)
+    run_id = client.get_model_version(params.register.model_name, str(version)).run_id
+    hf = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="hf", dst_path=str(tmp_path),
+                                             tracking_uri=params.register.tracking_uri)
+    text = "The river keeps the stone"
+    env = {"PATH": str(BIN), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    child = subprocess.run([sys.executable, "-I", "-c", HF_CHILD, hf, text], capture_output=True, text=True,
+                           env=env, cwd=tmp_path, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    got = json.loads(child.stdout.splitlines()[-1])
+    assert got["own_modules"] == [] and got["eos"] == "<|endoftext|>"  # transformers alone, no remote code
+    tok = Tokenizer.from_file(str(params.preprocess.out_dir / "tokenizer.json"))
+    assert got["ids"] == tok.encode(text).ids  # the same tokenizer
+    model = load_generator(params.train.out_dir).eval()
+    with torch.no_grad():
+        ours = model(torch.tensor([got["ids"]]))[0]
+    assert torch.allclose(torch.tensor(got["logits"]), ours, atol=1e-5)  # the product's logits

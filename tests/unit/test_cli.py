@@ -14,7 +14,8 @@ from runtime import PACKAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY_POINTS = [f"tasks.{s}" for s in STAGES] + ["flows.pipeline", "flows.experiments", "flows.deploy",
-                                                  "runtime.closure", "flows.genpipe"]
+                                                  "runtime.closure", "flows.genpipe", "cli.preflight",
+                                                  "serving.stream", "serving.exports"]
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)
@@ -25,7 +26,7 @@ def test_help_prints_usage_and_runs_nothing(module, tmp_path):
                                             "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(tmp_path / ".prefect")})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("usage:") or module == "flows.genpipe", proc.stdout[:300]
-    assert "--params" in proc.stdout or module == "runtime.closure"
+    assert "--params" in proc.stdout or module in {"runtime.closure", "serving.stream", "serving.exports"}
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".prefect") == []
 
 

@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from models.base import CONFIG_FILE, WEIGHTS_FILE, load_generator, pick_next
+from models.base import CONFIG_FILE, WEIGHTS_FILE, Sampling, load_generator, pick_next
 from models.gpt import GPT, GPTConfig
 
 VOCAB, BLOCK = 61, 16
@@ -138,10 +138,10 @@ def test_top_k_one_is_greedy_and_top_k_limits_the_choices():
     assert torch.equal(sampled, greedy)
 
     logits = torch.tensor([[0.0, 5.0, 4.0, 3.0, -1.0]]).repeat(200, 1)
-    picks = pick_next(logits, 1.0, 2, torch.Generator().manual_seed(0))
+    picks = pick_next(logits, Sampling(1.0, 2), torch.Generator().manual_seed(0))
     assert picks.shape == (200, 1)
     assert set(picks.flatten().tolist()) == {1, 2}  # only the two best tokens, and both of them
-    assert torch.equal(pick_next(logits, 0.0, 0, None), torch.full((200, 1), 1))
+    assert torch.equal(pick_next(logits, Sampling(0.0), None), torch.full((200, 1), 1))
 
 
 def test_save_and_load_round_trip_without_pickle(tmp_path, monkeypatch):

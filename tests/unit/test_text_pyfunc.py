@@ -35,7 +35,7 @@ def test_defaults_fill_absent_fields():
 
 def test_explicit_values_are_kept_and_typed():
     out = request_settings({"prompt": "", "max_new_tokens": 5.0, "temperature": 0, "top_k": 0.0, "seed": 7.0})
-    assert out == {"prompt": "", "max_new_tokens": 5, "temperature": 0.0, "top_k": 0, "seed": 7}
+    assert out == {**DEFAULTS, "prompt": "", "max_new_tokens": 5, "temperature": 0.0, "top_k": 0, "seed": 7}
     assert type(out["max_new_tokens"]) is int and type(out["top_k"]) is int and type(out["seed"]) is int
     assert type(out["temperature"]) is float
 
@@ -74,13 +74,38 @@ def test_bad_seed_is_rejected(value):
     assert exc.message == f"field 'seed': {value!r} is invalid; expected an integer in 0..2**63-1"  # as sent
 
 
+@pytest.mark.parametrize("value", [0, -0.1, 1.5, "0.9", True])
+def test_bad_top_p_is_rejected(value):
+    rejected({"prompt": "x", "top_p": value}, "top_p")
+
+
+@pytest.mark.parametrize("value", [0, -1, 11, "1.2", False])
+def test_bad_repetition_penalty_is_rejected(value):
+    rejected({"prompt": "x", "repetition_penalty": value}, "repetition_penalty")
+
+
+@pytest.mark.parametrize("value", ["\n", [], [""], [3], ["a"] * 9, ["x" * 65], {"a": 1}])
+def test_stop_must_be_a_short_list_of_strings(value):
+    exc = rejected({"prompt": "x", "stop": value}, "stop")
+    assert exc.message.endswith("expected a list of 1..8 non-empty strings of at most 64 characters")
+
+
+def test_stop_strings_end_the_text_before_the_first_of_them():
+    from serving.text_pyfunc import cut_at_stop
+
+    assert request_settings({"prompt": "x", "stop": ["\n\n", "END"]})["stop"] == ["\n\n", "END"]
+    assert cut_at_stop("one END two\n\nthree", ["\n\n", "END"]) == "one "
+    assert cut_at_stop("no stop here", ["END"]) == "no stop here" and cut_at_stop("abc", []) == "abc"
+
+
 def test_unknown_fields_are_refused_naming_the_field_and_the_allowed_ones():
     with pytest.raises(BadRequest) as err:
         as_rows([TextRequest(prompt="x", max_tokens=5)], FIELDS, MAX_ROWS)
     assert err.value.message == ("field 'max_tokens' is unknown; allowed fields: prompt, max_new_tokens, "
-                                 "temperature, top_k, seed")
+                                 "temperature, top_k, top_p, repetition_penalty, stop, seed")
     assert as_rows([TextRequest(prompt="x", seed=3)], FIELDS, MAX_ROWS) == [
-        {"prompt": "x", "max_new_tokens": None, "temperature": None, "top_k": None, "seed": 3}]
+        {"prompt": "x", "max_new_tokens": None, "temperature": None, "top_k": None, "top_p": None,
+         "repetition_penalty": None, "stop": None, "seed": 3}]
 
 
 def test_an_empty_or_oversized_request_is_refused():
@@ -107,8 +132,6 @@ def test_mixed_records_from_a_dataframe():
     frame = pd.DataFrame([{"prompt": "a", "max_new_tokens": 5, "seed": 3},
                           {"prompt": "b", "temperature": 0.0, "top_k": 2}])
     first, second = (request_settings(r) for r in frame.to_dict("records"))
-    assert first == {"prompt": "a", "max_new_tokens": 5, "temperature": DEFAULTS["temperature"],
-                     "top_k": DEFAULTS["top_k"], "seed": 3}
-    assert second == {"prompt": "b", "max_new_tokens": DEFAULTS["max_new_tokens"], "temperature": 0.0, "top_k": 2,
-                      "seed": None}
+    assert first == {**DEFAULTS, "prompt": "a", "max_new_tokens": 5, "seed": 3}
+    assert second == {**DEFAULTS, "prompt": "b", "temperature": 0.0, "top_k": 2}
     assert type(first["max_new_tokens"]) is int and type(first["seed"]) is int
