@@ -279,7 +279,7 @@ def test_sweep_runs_dvc_experiments_into_one_mlflow_experiment_and_makes_the_bes
     assert len({client.get_run(v.run_id).info.experiment_id for v in versions}) == 1
     best = min(versions, key=lambda v: float(v.tags["metric.test_bpb"]))
     assert client.get_model_version_by_alias(name, "challenger").version == best.version
-    assert best.tags["decision"] in ("promoted", "kept_champion")
+    assert best.tags["decision"] in ("promoted", "kept_champion", "not_significant") and best.tags["decision_rule"]
     assert {v.tags["decision"] for v in versions if v.version != best.version} == {"not_gated"}
     # The workspace is untouched: same params, and DVC still finds it up to date.
     assert (proj.root / "params.yaml").read_text() == params_before
