@@ -94,7 +94,7 @@ def test_served_champion_answers_a_prompt_over_http(server):
     ([{"prompt": "x", "top_k": "many"}], "field 'top_k': 'many' is invalid; expected an integer >= 0 (0 = off)"),
     ([{"prompt": "x", "seed": 2**70}], f"field 'seed': {2**70} is invalid; expected an integer in 0..2**63-1"),
     ([{"prompt": "x", "max_tokens": 5}], "field 'max_tokens' is unknown; allowed fields: prompt, max_new_tokens, "
-                                         "temperature, top_k, seed"),
+                                         "temperature, top_k, top_p, repetition_penalty, stop, seed"),
     ([{"prompt": "x"}] * 257, "the request has 257 rows; at most 256 per request"),
     ([{"prompt": "x", "top_p": -0.5}], "field 'top_p': -0.5 is invalid; expected a number in (0, 1] (1 = off)"),
     ([{"prompt": "x", "stop": "\n"}], "field 'stop': '\\n' is invalid; expected a list of 1..8 non-empty strings of at "
