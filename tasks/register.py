@@ -14,6 +14,8 @@ commit, dvc.lock digest, data digest, Prefect flow run, DVC experiment).
 The model is a models-from-code pyfunc (`serving/text_pyfunc.py`, `serving/image_pyfunc.py`) with the
 `models` and `serving` packages as code, weights in
 safetensors and the tokenizer as artifacts: loading it never unpickles anything.
+Beside it, the run carries the generator as ONNX graphs with their manifest (`onnx/`, every family) and, for a
+GPT, as a Hugging Face model (`hf/`): serving/exports.py.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ from config.catalog import (
 from config.params import Params
 from evaluation.protocol import METRICS_VERSION, protocol_digest
 from models.registry import IMAGE, TEXT, declaration
-from registry.cards import data_card, guards, model_card
+from registry.cards import data_card, data_card_metadata, guards, hub_card, model_card, model_card_metadata
 from registry.gate import current_champion, gate
 from registry.lineage import lineage_tags
-from runtime.errors import UserError
+from runtime.errors import DataError, UserError
 from runtime.io import read_json, read_jsonl, write_json
 from serving import CODE_PATHS, pyfunc_file
 from serving.signatures import requirements
@@ -90,25 +92,56 @@ def _generator_to_log(params: Params, scratch: Path) -> Path:
     return merged
 
 
-def _write_cards(params: Params, metrics: dict, lineage: dict[str, str], versus: dict,
+def _onnx_export(spec: dict, out: Path) -> Path:
+    """Export the generator to be logged as ONNX graphs with their manifest (serving/exports.py) into `out`."""
+    from models.base import load_generator
+    from serving.exports import ParityError, onnx_export
+
+    tokenizer = None
+    if "tokenizer" in spec["artifacts"]:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(spec["artifacts"]["tokenizer"])
+    start = time.perf_counter()
+    try:
+        onnx_export(load_generator(Path(spec["artifacts"]["generator"])), out, tokenizer=tokenizer)
+    except ParityError as exc:
+        raise DataError(str(exc)) from None
+    log.info("register: ONNX export in %.1f s", time.perf_counter() - start)
+    return out
+
+
+def _write_cards(params: Params, metrics: dict, lineage: dict[str, str], versus: dict, data_digest: str,
                  scratch: Path) -> dict[str, Path]:
-    """Write the data card and the model card of this version into `scratch`; return their paths by artifact key."""
+    """Write the data card and the model card of this version into `scratch` as Hugging Face Hub cards (YAML
+    metadata, then markdown); return their paths by artifact key."""
     clean_cfg = params.clean
     policy = ({"pii": clean_cfg.pii, "min_chars": clean_cfg.min_chars, "max_chars": clean_cfg.max_chars}
               if params.model.modality is TEXT else
               {"image_mode": clean_cfg.image_mode, "min_image_size": clean_cfg.min_image_size})
-    data = data_card(read_json(params.ingest.provenance_path), read_json(clean_cfg.metrics_path),
-                     read_json(params.preprocess.metrics_path), policy)
+    provenance = read_json(params.ingest.provenance_path)
+    name = params.register.model_name
+    data = data_card(provenance, read_json(clean_cfg.metrics_path), read_json(params.preprocess.metrics_path), policy)
     samples = []
     if params.model.modality is TEXT:
         samples = [r["text"] for r in read_jsonl(params.evaluate.out_dir / SAMPLES_FILE)][:3]
-    card = model_card(params=params, name=params.register.model_name, metrics=metrics,
+    card = model_card(params=params, name=name, metrics=metrics,
                       train_metrics=read_json(params.train.metrics_path), guard_list=guards(metrics, params.register),
                       lineage=lineage, data=data, samples=samples, versus=versus)
+    meta = model_card_metadata(params=params, name=name, metrics=metrics, provenance=provenance,
+                               protocol=versus["protocol"], protocol_digest=protocol_digest(versus["protocol"]),
+                               data_digest=data_digest)
     paths = {"data_card": scratch / DATA_CARD_FILE, "model_card": scratch / MODEL_CARD_FILE}
-    paths["data_card"].write_text(data, encoding="utf-8")
-    paths["model_card"].write_text(card, encoding="utf-8")
+    paths["data_card"].write_text(hub_card(data_card_metadata(provenance, name), data, dataset=True), encoding="utf-8")
+    paths["model_card"].write_text(hub_card(meta, card), encoding="utf-8")
     return paths
+
+
+def _card_body(path: Path) -> str:
+    """Return a Hub card's markdown without its YAML metadata."""
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(path).text.lstrip("\n")
 
 
 def register(params: Params) -> dict:
@@ -161,11 +194,12 @@ def register(params: Params) -> dict:
             hf = hf_export(load_generator(Path(spec["artifacts"]["generator"])),
                            Tokenizer.from_file(spec["artifacts"]["tokenizer"]), Path(scratch) / "hf")
             mlflow.log_artifacts(str(hf), artifact_path="hf")
-        cards = _write_cards(params, metrics, lineage, versus, Path(scratch))
+        mlflow.log_artifacts(str(_onnx_export(spec, Path(scratch) / "onnx")), artifact_path="onnx")  # every family
+        cards = _write_cards(params, metrics, lineage, versus, data_digest, Path(scratch))
         for path in cards.values():
             mlflow.log_artifact(str(path), artifact_path="cards")
         spec["artifacts"] |= {key: str(path) for key, path in cards.items()}
-        description = cards["model_card"].read_text(encoding="utf-8")
+        description = _card_body(cards["model_card"])  # the registry UI renders markdown, not the Hub's YAML
         info = mlflow.pyfunc.log_model(name="model", code_paths=[str(p) for p in CODE_PATHS],
                                        registered_model_name=cfg.model_name, **spec)
         run_id = run.info.run_id

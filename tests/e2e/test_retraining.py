@@ -92,6 +92,23 @@ def scheduled_runs(api: str, deployment_id: str) -> list[dict]:
     return [r for r in runs.json() if r["auto_scheduled"]]
 
 
+def create_run(api: str, deployment_id: str, parameters: dict) -> requests.Response:
+    """Ask the server for a run of a deployment. A 5xx answer (the server's SQLite busy while a flow writes to it
+    on a two-core machine) is retried a few times; any other answer is returned as it is."""
+    for attempt in range(5):
+        answer = requests.post(f"{api}/deployments/{deployment_id}/create_flow_run", timeout=30,
+                               json={"parameters": parameters})
+        if answer.status_code < 500:
+            return answer
+        time.sleep(2 * (attempt + 1))
+    return answer
+
+
+def created(answer: requests.Response) -> dict:
+    assert answer.status_code in (200, 201), answer.text
+    return answer.json()
+
+
 def test_deployments_on_a_real_prefect_server_run_on_schedule_and_tag_lineage(proj, tmp_path):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -119,13 +136,11 @@ def test_deployments_on_a_real_prefect_server_run_on_schedule_and_tag_lineage(pr
 
             # A bad generator is refused by the deployment's parameter schema before any run exists.
             demand = requests.get(f"{api}/deployments/name/genpipe-experiment/train-on-demand", timeout=10).json()
-            refused = requests.post(f"{api}/deployments/{demand['id']}/create_flow_run",
-                                    json={"parameters": {"generator": "transformer"}}, timeout=10)
+            refused = create_run(api, demand["id"], {"generator": "transformer"})
             assert refused.status_code in (409, 422), refused.text
 
             # A misspelt override is refused by the params schema: the run fails, naming the key.
-            bad = requests.post(f"{api}/deployments/{demand['id']}/create_flow_run",
-                                json={"parameters": {"overrides": {"train.max_stepz": 5}}}, timeout=10).json()
+            bad = created(create_run(api, demand["id"], {"overrides": {"train.max_stepz": 5}}))
 
             # Nobody triggers the retrain: the server's scheduler creates its runs from the cron schedule, and the
             # serve process executes the first one when it comes due (within a minute).
@@ -134,8 +149,8 @@ def test_deployments_on_a_real_prefect_server_run_on_schedule_and_tag_lineage(pr
             # A valid on-demand run started while the retrain runs queues for the workspace slot, then completes.
             wait_until(lambda: requests.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["state"]["type"]
                        == "RUNNING", "the scheduled run running", 180, serve_log)
-            queued = requests.post(f"{api}/deployments/{demand['id']}/create_flow_run", timeout=10, json={
-                "parameters": {"overrides": {"train.max_steps": 20, "train.eval_interval": 10}}}).json()
+            queued = created(create_run(api, demand["id"],
+                                        {"overrides": {"train.max_steps": 20, "train.eval_interval": 10}}))
             bad_state = wait_until(lambda: final(api, bad["id"]), "on-demand run finished", 300, serve_log)
             assert bad_state["type"] == "FAILED"
             assert "train.max_stepz: unknown key" in bad_state["message"]

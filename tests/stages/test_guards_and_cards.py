@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from huggingface_hub import DatasetCard, ModelCard
 
 from tasks.clean import clean
 from tasks.evaluate import evaluate
@@ -70,8 +71,20 @@ def test_an_overfit_model_is_refused_champion_by_the_memorization_guard_and_carr
     assert card.startswith(f"# Model card: {name}\n") and f"- FAIL: {why}" in card
     assert "- PASS: diversity" in card and "```text\nRecord" in card  # a sample, fenced
     model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}"))
-    assert (model_dir / "artifacts" / "model_card.md").read_text(encoding="utf-8") == card
-    data = (model_dir / "artifacts" / "data_card.md").read_text(encoding="utf-8")
+    hub = ModelCard.load(model_dir / "artifacts" / "model_card.md")  # a Hub card: YAML metadata, then the markdown
+    assert hub.text.lstrip("\n") == card
+    meta = hub.data.to_dict()
+    assert meta["license"] == "cc0-1.0" and meta["pipeline_tag"] == "text-generation"
+    assert meta["library_name"] == "transformers" and {"genpipe", "gpt", "text"} <= set(meta["tags"])
+    scores = {r.metric_type: r for r in hub.data.eval_results}
+    assert set(scores) == {"test_bpb", "test_perplexity", "bleu", "rouge_l"}
+    assert scores["test_bpb"].metric_value == pytest.approx(metrics["test_bpb"])
+    assert scores["test_bpb"].dataset_split == "test" and scores["test_bpb"].metric_config == version.tags["protocol"]
+    assert meta["eval_protocol"]["metrics_version"] == version.tags["protocol.metrics_version"]
+    data_hub = DatasetCard.load(model_dir / "artifacts" / "data_card.md")
+    assert data_hub.data.to_dict()["license"] == "cc0-1.0"
+    assert data_hub.data.to_dict()["task_categories"] == ["text-generation"]
+    data = data_hub.text
     assert "| CC0-1.0 |" in card.split("\n## Data card\n")[1]  # the model card embeds the data card
     assert "| data/inputs/records.jsonl |" in data and "| CC0-1.0 |" in data and "Licence not declared" not in data
     assert "Personal data found: 1 email (redact)." in data

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from huggingface_hub import DatasetCard, ModelCard
+
 from config.params import parse_params
-from registry.cards import data_card, guards, model_card
+from registry.cards import (
+    data_card,
+    data_card_metadata,
+    guards,
+    hub_card,
+    hub_license,
+    model_card,
+    model_card_metadata,
+)
 
 PROVENANCE = {
     "modality": "text", "retrieved_at": "2026-11-23T10:00:00+00:00", "undeclared_licenses": ["data/inputs/x.txt"],
@@ -50,3 +61,48 @@ def test_model_card_shows_guards_metrics_samples_and_embeds_the_data_card():
     assert "| test_bpb | 1.5 |" in card and "| git_commit | abc |" in card
     assert "```text\nhello ''' world\n```" in card  # a sample cannot close the fence early
     assert "## Data card" in card and "### Sources" in card and "## Intended use" in card and "## Limits" in card
+
+
+def test_hub_licence_is_the_shared_identifier_other_with_a_name_or_unknown_when_undeclared():
+    one = {"sources": [{"source": "a", "license": "CC-BY-4.0 (UCI digits)"}, {"source": "b", "license": "cc-by-4.0"}]}
+    assert hub_license(one) == {"license": "cc-by-4.0"}
+    assert hub_license({"sources": [{"source": "a", "license": "PSF-2.0 (Python docs)"}]}) == {
+        "license": "other", "license_name": "psf-2.0"}
+    mixed = {"sources": [{"source": "a", "license": "MIT"}, {"source": "b", "license": "CC0-1.0"}]}
+    assert hub_license(mixed) == {"license": "other", "license_name": "cc0-1.0+mit"}
+    assert hub_license(PROVENANCE) == {"license": "unknown"}  # one source's terms were not declared
+
+
+def test_model_card_metadata_reads_back_through_huggingface_hub_with_results_and_protocol():
+    params = parse_params({}, Path("."))
+    metrics = {"test_bpb": 1.5, "test_perplexity": 30.0, "bleu": 0.1, "memorization": 0.0, "n": 3}
+    provenance = {"modality": "text", "sources": [
+        {"source": "hf:wikitext:train", "license": "CC-BY-SA-4.0", "n_items": 1200},
+        {"source": "embedded:pydoc", "license": "CC-BY-SA-4.0", "n_items": 300}]}
+    meta = model_card_metadata(params=params, name="text-generator", metrics=metrics, provenance=provenance,
+                               protocol={"metrics_version": 3, "test_sha256": "ff"}, protocol_digest="d1g",
+                               data_digest="ab" * 32)
+    body = model_card(params=params, name="text-generator", metrics=metrics, train_metrics={}, guard_list=[],
+                      lineage={}, data="# Data card\n", samples=[])
+    card = ModelCard(hub_card(meta, body))
+    assert card.text.lstrip("\n") == body
+    data = card.data.to_dict()
+    assert data["license"] == "cc-by-sa-4.0" and data["datasets"] == ["wikitext"]
+    assert data["pipeline_tag"] == "text-generation" and data["eval_protocol"] == {"metrics_version": "3",
+                                                                                   "test_sha256": "ff"}
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert set(results) == {"test_bpb", "test_perplexity", "bleu"}  # the gate's metrics that were measured
+    assert results["test_bpb"].metric_value == 1.5 and results["test_bpb"].metric_config == "d1g"
+    assert results["bleu"].dataset_type == "wikitext" and results["bleu"].dataset_revision == "ab" * 8
+
+    dataset = DatasetCard(hub_card(data_card_metadata(provenance, "text-generator"), "# Data card\n", dataset=True))
+    assert dataset.data.to_dict()["size_categories"] == ["1K<n<10K"]
+    assert dataset.data.to_dict()["source_datasets"] == ["wikitext"]
+
+
+
+def test_a_body_with_its_own_rules_keeps_them_and_metadata_the_hub_rejects_is_refused():
+    body = "# Card\n\n---\nfoo: bar\n---\ntext\n"  # horizontal rules in the markdown are not metadata
+    assert ModelCard(hub_card({"license": "mit"}, body)).text.lstrip("\n") == body
+    with pytest.raises(ValueError):
+        hub_card({"model-index": [{"results": "not a list"}]}, body)
