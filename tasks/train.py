@@ -85,6 +85,7 @@ def _train(params: Params, world: ddp.World | None) -> dict:
     # text: tokens per step; images: images per step (of the global batch: every worker's)
     per_step = n_workers * cfg.batch_size * cfg.grad_accum * (1 if trainer.image else model.block_size)
     throughput = "images_per_second" if trainer.image else "tokens_per_second"
+    rate = per_step * steps_run / seconds if steps_run else None
     metrics = {
         "best_val_loss": round(progress.best_val, 5),
         "best_step": best_step,
@@ -93,17 +94,50 @@ def _train(params: Params, world: ddp.World | None) -> dict:
         "n_params_trainable": n_trainable,
         "trainable_fraction": round(n_trainable / n_total, 6),
         "steps": cfg.max_steps,
-        throughput: round(per_step * steps_run / seconds, 1) if steps_run else None,
+        throughput: None if rate is None else round(rate, 1),
         "train_seconds": round(seconds, 1),  # of this invocation (a resumed run counts only its own steps)
         "device": trainer.device.type,
         "nproc": n_workers,
     }
+    metrics |= _utilisation(model, trainer, rate, n_workers)
     write_json(cfg.metrics_path, metrics)
+    if progress.run_id:
+        _log_utilisation(progress.run_id, metrics)
     write_json(cfg.plots_path, progress.history)
     write_json(cfg.steps_plots_path, progress.curve)
     _end_mlflow(progress.run_id)
     log.info("train: done in %.1fs, best val_loss %.4f at step %s", seconds, progress.best_val, best_step)
     return metrics
+
+
+def _utilisation(model, trainer, rate: float | None, n_workers: int) -> dict:
+    """GPT: training FLOPs per token, and on a CUDA device in the peak table, the model FLOPs utilisation (of all
+    workers' devices together)."""
+    if model.name != "gpt":
+        return {}
+    from training.flops import gpt_train_flops_per_token, mfu, peak_flops
+
+    c = model.config
+    per_token = gpt_train_flops_per_token(c.n_layer, c.n_embd, c.block_size, c.vocab_size)
+    out = {"train_flops_per_token": per_token}
+    if trainer.device.type == "cuda" and rate is not None:
+        import torch
+
+        name = torch.cuda.get_device_name(trainer.device)
+        peak = peak_flops(name, bf16=trainer.opt.dtype is not None)
+        share = mfu(rate, per_token, None if peak is None else peak * n_workers)
+        out |= {"device_name": name, "mfu": None if share is None else round(share, 4)}
+    return out
+
+
+def _log_utilisation(run_id: str, metrics: dict) -> None:
+    """Put throughput and MFU on the training run (still open), beside its loss curves."""
+    import mlflow
+
+    numbers = {k: float(metrics[k]) for k in ("tokens_per_second", "images_per_second", "mfu", "train_flops_per_token")
+               if isinstance(metrics.get(k), (int, float))}
+    if numbers and mlflow.active_run() and mlflow.active_run().info.run_id == run_id:
+        mlflow.log_metrics(numbers)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,9 @@ def test_bad_requests_get_http_400_with_one_line_naming_the_field_and_the_server
     assert requests.get(f"{server}/ping", timeout=5).status_code == 200
 
 
-def test_the_streaming_endpoint_sends_the_text_as_events_while_it_is_generated(built, server):
+@pytest.fixture(scope="module")
+def stream_server(built):
+    """`python -m serving.stream` on the champion; yield its base URL once /ping answers."""
     import socket
     import subprocess
     import sys
@@ -133,24 +135,55 @@ def test_the_streaming_endpoint_sends_the_text_as_events_while_it_is_generated(b
                 pass
             assert time.monotonic() < deadline, "the streaming endpoint did not answer /ping within 120 s"
             time.sleep(0.5)
-        row = {"prompt": "A function", "max_new_tokens": 24, "seed": 5, "temperature": 0.9}
-        pieces, events = [], []
-        with requests.post(f"{url}/stream", json={"inputs": [row]}, stream=True, timeout=120) as resp:
-            assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
-            for line in resp.iter_lines(decode_unicode=True):
-                if line.startswith("event: "):
-                    events.append(line.removeprefix("event: "))
-                elif line.startswith("data: ") and not events:
-                    pieces.append(json.loads(line.removeprefix("data: "))["text"])
-        assert events == ["done"] and len(pieces) > 1  # several events, then the end
-        whole = requests.post(f"{server}/invocations", json={"inputs": [row]}, timeout=60).json()["predictions"]
-        assert "".join(pieces) == whole[0]["text"]  # the same text as /invocations for the same seed
-        bad = requests.post(f"{url}/stream", json={"inputs": [{"prompt": "x", "top_p": 2}]}, timeout=60)
-        assert bad.status_code == 400
-        assert bad.json()["message"] == "field 'top_p': 2 is invalid; expected a number in (0, 1] (1 = off)"
-        assert requests.get(f"{url}/ping", timeout=5).status_code == 200
+        yield url
     finally:
         stop(proc)
+
+
+def test_the_streaming_endpoint_sends_the_text_as_events_while_it_is_generated(server, stream_server):
+    url = stream_server
+    row = {"prompt": "A function", "max_new_tokens": 24, "seed": 5, "temperature": 0.9}
+    pieces, events = [], []
+    with requests.post(f"{url}/stream", json={"inputs": [row]}, stream=True, timeout=120) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                events.append(line.removeprefix("event: "))
+            elif line.startswith("data: ") and not events:
+                pieces.append(json.loads(line.removeprefix("data: "))["text"])
+    assert events == ["done"] and len(pieces) > 1  # several events, then the end
+    whole = requests.post(f"{server}/invocations", json={"inputs": [row]}, timeout=60).json()["predictions"]
+    assert "".join(pieces) == whole[0]["text"]  # the same text as /invocations for the same seed
+    bad = requests.post(f"{url}/stream", json={"inputs": [{"prompt": "x", "top_p": 2}]}, timeout=60)
+    assert bad.status_code == 400
+    assert bad.json()["message"] == "field 'top_p': 2 is invalid; expected a number in (0, 1] (1 = off)"
+    assert requests.get(f"{url}/ping", timeout=5).status_code == 200
+
+
+def readme_snippets(section: str = "## Using a trained model") -> list[str]:
+    """The Python code blocks of one README section, in order."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    part = text[text.index(section):]
+    part = part[: part.index("\n## ", len(section))]
+    return [block.split("\n```", 1)[0] for block in part.split("```python\n")[1:]]
+
+
+def test_every_snippet_of_using_a_trained_model_runs_as_written(built, server, stream_server):
+    import subprocess
+    import sys
+
+    snippets = readme_snippets()
+    assert len(snippets) >= 4  # pyfunc, HTTP, streaming, Hugging Face (ONNX when present)
+    for code in snippets:  # as written, except the servers' ports and a renamed model
+        code = code.replace("http://127.0.0.1:5001", server).replace("http://127.0.0.1:5003", stream_server)
+        code = code.replace('"text-generator', f'"{model_name(built)}')
+        done = subprocess.run([sys.executable, "-c", code], cwd=built.root, env=built.env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, f"{code}\n---\n{done.stderr[-3000:]}"
+        if "print(" in code:
+            assert done.stdout.strip(), code  # it printed the generated text
 
 
 def test_a_body_that_is_not_json_gets_http_400_and_the_server_stays_up(server):
