@@ -71,6 +71,15 @@ def test_repo_params_yaml_is_what_dvc_writes_back_so_exp_run_changes_only_the_se
     assert changed == [(f"  lr: {before}", "  lr: 0.01")]
 
 
+def test_dvc_reads_the_repo_params_yaml_as_every_yaml_reader_does():
+    # `dvc repro` reads params with ruamel's C parser, which refuses plain scalars holding ':' in flow lists
+    # (`[embedded:pydoc]`) that PyYAML and DVC's own round-trip writer accept: the sources are block lists.
+    import yaml
+    from dvc.utils.serialize import load_yaml
+
+    assert load_yaml(REPO_ROOT / "params.yaml") == yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
 def test_an_empty_file_is_refused_but_an_empty_mapping_gives_schema_defaults(tmp_path):
     (tmp_path / "params.yaml").write_text("# nothing set\n", encoding="utf-8")
     with pytest.raises(ParamsError, match=r"^params.yaml is empty: every stage reads its settings from it"):
