@@ -143,6 +143,10 @@ class PreprocessParams(Section):
     # Either is trained on the train split only, and independent of the generator chosen.
     tokenizer: Literal["bpe", "char"] = "bpe"
     vocab_size: int = Field(2048, ge=260, le=65535)  # bpe only; >= 256 bytes + specials, <= 65535 fits uint16
+    # bpe only: train the tokenizer on at most this many MB (10^6 UTF-8 bytes) of train documents, a sample drawn by
+    # content hash (reproducible, whatever the document order), so that training time stops growing with the corpus;
+    # a smaller train split is used whole. null: the whole split, however large.
+    tokenizer_train_mb: float | None = Field(16.0, gt=0)
     # images: side of the square the images are centre-cropped and resized to (a power of two for the generators)
     image_size: int = Field(16, ge=8, le=1024)
     val_fraction: float = Field(0.05, gt=0, lt=0.5)

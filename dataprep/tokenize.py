@@ -1,14 +1,17 @@
 """Splits and tokenization: documents to splits by content hash, byte-level BPE and char tokenizers trained on the
-train split, streaming encoding into memory-mappable token arrays, and their loaders."""
+train split (BPE: on a bounded sample of it, drawn by content hash), streaming encoding into memory-mappable token
+arrays, and their loaders."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
@@ -40,7 +43,11 @@ def split_of(text: str | bytes, val_fraction: float, test_fraction: float) -> st
     """Assign a document (or an encoded image) to a split by its content hash: stable as the data grows or is
     reordered."""
     data = text.encode("utf-8") if isinstance(text, str) else text
-    u = int.from_bytes(hashlib.sha256(data).digest()[:8], "big") / 2**64
+    return _split_of_digest(hashlib.sha256(data).digest(), val_fraction, test_fraction)
+
+
+def _split_of_digest(digest: bytes, val_fraction: float, test_fraction: float) -> str:
+    u = int.from_bytes(digest[:8], "big") / 2**64  # the first 8 bytes: the split; the next 8: the tokenizer sample
     if u < test_fraction:
         return "test"
     if u < test_fraction + val_fraction:
@@ -147,12 +154,76 @@ def stream_bytes(texts: Iterable[str]) -> int:
     return stats.n_bytes
 
 
-def scan(path: Path, cfg: PreprocessParams, batch_bytes: int = BATCH_BYTES) -> dict[str, ByteStats]:
-    """Read the corpus once: assign every document to its split and count each split's bytes."""
+def sample_key(data: bytes) -> int:
+    """Return a train document's rank in the tokenizer sample (smaller first): 8 bytes of its content hash that
+    the split does not use, so that the sample is a uniform random one among train documents."""
+    return _sample_key_of_digest(hashlib.sha256(data).digest())
+
+
+def _sample_key_of_digest(digest: bytes) -> int:
+    return int.from_bytes(digest[8:16], "big")
+
+
+class TrainSample:
+    """The train documents the BPE tokenizer is trained on, kept in memory (as UTF-8) up to `max_bytes`: all of
+    them when they fit, else those of smallest `sample_key` that fit together (at least the first one, however
+    long).
+
+    The sample depends on the documents only, not on their order or on the run: a document is in it when it and
+    every document of smaller key fit in `max_bytes` together, so it is reproducible and, like the splits, stable
+    when the corpus is reordered. It is handed to the trainer in corpus order, so a split that fits trains the
+    tokenizer on exactly the documents, in the order, that training on the whole split reads."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.n_bytes = 0  # UTF-8 bytes of the documents kept
+        self.n_offered = 0  # train documents seen
+        self.n_offered_bytes = 0
+        self._heap: list[tuple[int, int, bytes]] = []  # (-key, position, UTF-8 text): the largest key on top
+        self._cutoff: int | None = None  # the smallest key dropped: documents of this key or larger are out
+        self._min_key: int | None = None  # never dropped: a sample is never empty
+
+    def add(self, key: int, data: bytes) -> None:
+        """Offer one train document (its `sample_key` and UTF-8 bytes), in corpus order."""
+        position = self.n_offered
+        self.n_offered += 1
+        self.n_offered_bytes += len(data)
+        if self._cutoff is not None and key >= self._cutoff:
+            return
+        heapq.heappush(self._heap, (-key, position, data))
+        self.n_bytes += len(data)
+        self._min_key = key if self._min_key is None else min(self._min_key, key)
+        while self.n_bytes > self.max_bytes and -self._heap[0][0] > self._min_key:
+            self._cutoff = -self._heap[0][0]
+            while self._heap and -self._heap[0][0] == self._cutoff:  # copies of one document go out together
+                self.n_bytes -= len(heapq.heappop(self._heap)[2])
+
+    @property
+    def complete(self) -> bool:
+        """True when every train document offered is in the sample."""
+        return self._cutoff is None
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __iter__(self) -> Iterator[str]:
+        """Yield the sampled documents in corpus order."""
+        for _, _, data in sorted(self._heap, key=lambda item: item[1]):
+            yield data.decode("utf-8")
+
+
+def scan(path: Path, cfg: PreprocessParams, batch_bytes: int = BATCH_BYTES,
+         sample: TrainSample | None = None) -> dict[str, ByteStats]:
+    """Read the corpus once: assign every document to its split, count each split's bytes and, given `sample`,
+    offer it every train document."""
     stats = {s: ByteStats(batch_bytes) for s in SPLITS}
     for text in iter_documents(path):
         data = text.encode("utf-8")
-        stats[split_of(data, cfg.val_fraction, cfg.test_fraction)].add(data)
+        digest = hashlib.sha256(data).digest()  # one hash per document for both the split and the sample key
+        split = _split_of_digest(digest, cfg.val_fraction, cfg.test_fraction)
+        stats[split].add(data)
+        if sample is not None and split == "train":
+            sample.add(_sample_key_of_digest(digest), data)
     return stats
 
 
@@ -272,17 +343,37 @@ def encoder_for(tok):
     return tok
 
 
-def write_streams(tok, path: Path, out: Path, cfg: PreprocessParams, batch_bytes: int = BATCH_BYTES) -> dict[str, int]:
-    """Encode the corpus in batches (the tokenizer's threads encode a batch in parallel) and append each
-    document, preceded by EOT, to its split's `<split>.npy`; return the tokens written per split."""
+def encode_ahead(encoder, groups: Iterable[list[str]]) -> Iterator[tuple[list[str], list]]:
+    """Yield each batch with its encodings while the next batch is being encoded.
+
+    The tokenizer releases the GIL while its threads encode, so reading the next batch and turning this one's ids
+    into arrays (Python work, one core) overlap the encoding instead of leaving a core idle between batches."""
+    with ThreadPoolExecutor(1, thread_name_prefix="encode") as pool:
+        pending = None
+        for batch in groups:
+            future = pool.submit(encoder.encode_batch_fast, batch, add_special_tokens=False)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = batch, future
+        if pending is not None:
+            yield pending[0], pending[1].result()
+
+
+def write_streams(tok, path: Path, out: Path, cfg: PreprocessParams, batch_bytes: int = BATCH_BYTES,
+                  track: Callable[[Iterator[str]], Iterator[str]] | None = None) -> dict[str, int]:
+    """Encode the corpus in batches (the tokenizer's threads encode a batch in parallel, one batch ahead) and
+    append each document, preceded by EOT, to its split's `<split>.npy`; return the tokens written per split.
+
+    `track` wraps the documents as they are read (progress reporting)."""
     encoder = encoder_for(tok)
     dtype = token_dtype(tok)
     eot = np.array([tok.token_to_id(EOT)], dtype=dtype)
+    documents = iter_documents(path) if track is None else track(iter_documents(path))
     with contextlib.ExitStack() as stack:
         writers = {s: stack.enter_context(TokenStreamWriter(out / split_file(s), dtype)) for s in SPLITS}
-        for batch in batches(iter_documents(path), batch_bytes):
+        for batch, encodings in encode_ahead(encoder, batches(documents, batch_bytes)):
             pieces: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-            for text, enc in zip(batch, encoder.encode_batch_fast(batch, add_special_tokens=False)):
+            for text, enc in zip(batch, encodings):  # enc.ids is one list per document: no Python work per token
                 pieces[split_of(text, cfg.val_fraction, cfg.test_fraction)] += (eot, np.array(enc.ids, dtype=dtype))
             for split, arrays in pieces.items():
                 if arrays:

@@ -10,7 +10,10 @@ A generator is an `nn.Module` with:
 - `sample(n, generator=...)` — unconditional samples drawn with an explicit `torch.Generator`.
 
 Text generators add `nll` (summed negative log-likelihood, for perplexity and bits per byte) and `generate`
-(continuation of prompts). Everything model-specific stays in the model's own file.
+(continuation of prompts). Everything model-specific stays in the model's own file, its ONNX graphs included:
+`onnx_graphs()` names the computations a consumer outside Python needs (`OnnxGraph`: the module to trace, seeded
+example inputs, tensor names, symbolic dims, the parity tolerance) and `onnx_usage()` what it needs besides them (a
+sampler's schedule, how outputs become pixels); serving/exports.py writes them out.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -114,6 +117,47 @@ class Generator(nn.Module):
     def n_params(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+    # ------------------------------------------------------------------------------------------ ONNX
+
+    def onnx_graphs(self) -> dict[str, OnnxGraph]:
+        """Return, by name, the graphs a consumer needs to run this generator without PyTorch."""
+        raise NotImplementedError(f"{type(self).__name__} declares no ONNX graphs")
+
+    def onnx_usage(self) -> dict[str, Any]:
+        """Return what a consumer of the ONNX graphs needs besides them (JSON-able), for the export's manifest."""
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxGraph:
+    """One computation of a generator, as serving/exports.py exports it to ONNX and checks it with ONNX Runtime.
+
+    `module(*inputs)` returns one tensor or a tuple of them, in `output_names` order; it is traced in eval mode."""
+
+    module: nn.Module
+    inputs: tuple[Tensor, ...]  # seeded example inputs: traced, then the first inputs parity is measured on
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    # tensor name -> {axis: symbolic dim}; one name on several tensors is one dim (a batch shared by inputs/outputs)
+    dynamic_axes: dict[str, dict[int, str]]
+    tolerance: float  # the largest max-abs difference, ONNX Runtime vs PyTorch, the export accepts
+    doc: str  # the truth a consumer needs: what it computes, shapes, value ranges
+    # More parity inputs at other sizes of the dynamic dims: they prove the dims are not baked in at trace time.
+    checks: tuple[tuple[Tensor, ...], ...] = ()
+
+
+class Traced(nn.Module):
+    """`forward(*inputs)` is `fn(owner, *inputs)`: one computation of a generator as a module, for tracing.
+    `owner` is a submodule, so its weights become the graph's initializers."""
+
+    def __init__(self, owner: nn.Module, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.owner = owner
+        self.fn = fn
+
+    def forward(self, *inputs: Tensor) -> Any:
+        return self.fn(self.owner, *inputs)
+
 
 def scoring_windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
     """Cover a stream with (start, end) windows of at most block_size + 1 tokens that overlap by one token, so
@@ -183,6 +227,11 @@ class TextGenerator(Generator):
                               temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                               repetition_penalty=sampling.repetition_penalty, generator=g)[0].tolist()
                 for p, g in zip(prompts, generators)]
+
+    def onnx_usage(self) -> dict[str, Any]:
+        return {"vocab_size": self.config.vocab_size, "start_id": self.config.eot_id,
+                "tokens": "ids of the tokenizer (tokenizer.json when the export carries it); start_id (the document "
+                          "separator) starts unconditional samples"}
 
     def sample(self, n: int, *, generator: torch.Generator, start_id: int = 0, max_new_tokens: int = 128,
                temperature: float = 1.0, top_k: int = 0) -> Tensor:
@@ -284,6 +333,11 @@ class ImageGenerator(Generator):
         `labels` (n,) selects the classes of a conditional model (ignored otherwise; None draws them uniformly);
         `steps` is the number of sampler steps of iterative samplers (None: the model's default)."""
         raise NotImplementedError
+
+    def onnx_usage(self) -> dict[str, Any]:
+        c, size = self.config.channels, self.config.image_size
+        return {"image_shape": [c, size, size],
+                "to_uint8": "round((clip(x, -1, 1) + 1) * 127.5) as uint8: the pixels of the PNGs serving returns"}
 
 
 # ---------------------------------------------------------------------------------------------- registry

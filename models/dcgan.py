@@ -24,12 +24,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import ImageGenerator, Optimization, eval_mode
+from models.base import ImageGenerator, OnnxGraph, Optimization, eval_mode
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,30 @@ class DCGAN(ImageGenerator):
         y = self._labels(n, generator, labels)
         with eval_mode(self):  # BatchNorm uses its running statistics, so a sample does not depend on the batch
             return self.G(z, None if y is None else y.to(device)).float()
+
+    def onnx_graphs(self) -> dict[str, OnnxGraph]:
+        """The generator network: latents (and labels) to images, as `sample` maps them."""
+        cfg, g = self.config, torch.Generator().manual_seed(0)
+        names = ("z", "labels") if self.conditional else ("z",)
+
+        def inputs(b: int) -> tuple[Tensor, ...]:
+            z = torch.randn(b, cfg.n_z, generator=g)
+            return (z, torch.randint(cfg.n_classes, (b,), generator=g)) if self.conditional else (z,)
+
+        labels = f" and class labels (batch,) int64 in [0, {cfg.n_classes})" if self.conditional else ""
+        doc = (f"images (batch, {cfg.channels}, {cfg.image_size}, {cfg.image_size}) float32 in [-1, 1] (tanh) from "
+               f"latents z (batch, {cfg.n_z}) float32 drawn from N(0, I){labels}: the generator in eval mode "
+               f"(BatchNorm's running statistics, so an image does not depend on the rest of its batch), what "
+               f"`sample` returns for that z")
+        return {"generator": OnnxGraph(
+            module=self.G, inputs=inputs(2), input_names=names, output_names=("images",),
+            dynamic_axes={n: {0: "batch"} for n in (*names, "images")}, tolerance=1e-4, doc=doc,
+            checks=(inputs(1), inputs(5)))}
+
+    def onnx_usage(self) -> dict[str, Any]:
+        usage = super().onnx_usage() | {"latent": {"name": "z", "shape": ["batch", self.config.n_z],
+                                                   "distribution": "standard normal, float32"}}
+        return usage | ({"n_classes": self.config.n_classes} if self.conditional else {})
 
 
 class CDCGAN(DCGAN):

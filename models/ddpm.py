@@ -17,13 +17,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from torch import Tensor
 
-from models.base import ImageGenerator, Optimization
+from models.base import ImageGenerator, OnnxGraph, Optimization, Traced
 from models.rules import unet_widths_problem
 
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
@@ -155,6 +156,46 @@ class DDPM(ImageGenerator):
         for avg, online in zip(self.ema.buffers(), self.unet.buffers()):
             avg.copy_(online)
         self.ema_updates += 1
+
+    def onnx_graphs(self) -> dict[str, OnnxGraph]:
+        """The averaged UNet for one denoising step; the sampler's loop and schedule go into `onnx_usage`."""
+        cfg, g = self.config, torch.Generator().manual_seed(0)
+
+        def inputs(b: int) -> tuple[Tensor, Tensor]:
+            return (torch.randn(b, cfg.channels, cfg.image_size, cfg.image_size, generator=g),
+                    torch.randint(cfg.num_train_timesteps, (b,), generator=g))
+
+        shape = f"(batch, {cfg.channels}, {cfg.image_size}, {cfg.image_size})"
+        doc = (f"predicted noise eps {shape} float32 of noisy images x_t {shape} float32 at timesteps t (batch,) "
+               f"int64 in [0, {cfg.num_train_timesteps}): the averaged (EMA) UNet that sampling uses, one network "
+               f"call of a sampler step")
+        return {"unet": OnnxGraph(
+            module=Traced(self.ema, lambda unet, x, t: unet(x, t).sample), inputs=inputs(2),
+            input_names=("x_t", "t"), output_names=("eps",),
+            dynamic_axes={"x_t": {0: "batch"}, "t": {0: "batch"}, "eps": {0: "batch"}}, tolerance=1e-4, doc=doc,
+            checks=(inputs(1), inputs(3)))}
+
+    def onnx_usage(self) -> dict[str, Any]:
+        """The DDIM sampler (eta = 0) exactly as `sample(..., sampler="ddim")` runs it: the schedule values of the
+        product's own scheduler, and the step (serving/onnx_sampling.py implements it with numpy)."""
+        ddim = SAMPLERS["ddim"].from_config(self.scheduler.config)
+        if ddim.config.thresholding or ddim.config.prediction_type != "epsilon":
+            raise ValueError("the ONNX DDIM loop covers epsilon prediction without thresholding only")
+        return super().onnx_usage() | {
+            "sampler": "ddim", "eta": 0.0, "sample_steps": self.config.sample_steps,
+            "noise": "x_T ~ N(0, I), float32 (batch, *image_shape)",
+            "schedule": {"num_train_timesteps": ddim.config.num_train_timesteps,
+                         "beta_schedule": ddim.config.beta_schedule, "beta_start": ddim.config.beta_start,
+                         "beta_end": ddim.config.beta_end, "timestep_spacing": ddim.config.timestep_spacing,
+                         "prediction_type": "epsilon", "clip_sample": bool(ddim.config.clip_sample),
+                         "clip_sample_range": float(ddim.config.clip_sample_range),
+                         "final_alpha_cumprod": float(ddim.final_alpha_cumprod),
+                         "alphas_cumprod": ddim.alphas_cumprod.tolist()},  # float32 values, exact in JSON
+            "timesteps": "trailing: round(arange(T, 0, -T / steps)) - 1, T = num_train_timesteps",
+            "step": "a = alphas_cumprod[t]; a_prev = alphas_cumprod[t - T // steps], or final_alpha_cumprod when "
+                    "that is negative; x0 = (x - sqrt(1 - a) eps) / sqrt(a), clipped to +-clip_sample_range when "
+                    "clip_sample; x = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps (all float32)",
+            "output": "clip(x, -1, 1) after the last step: images in [-1, 1]"}
 
     @torch.inference_mode()
     def sample(self, n: int, *, generator: torch.Generator, labels: Tensor | None = None, steps: int | None = None,

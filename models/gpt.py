@@ -13,12 +13,13 @@ import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.base import Sampling, TextGenerator, pick_next
+from models.base import OnnxGraph, Sampling, TextGenerator, pick_next
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,35 @@ class GPT(TextGenerator):
     def forward(self, x: Tensor) -> Tensor:
         """Return next-token logits (B, T, V) for tokens x (B, T)."""
         return self.net(input_ids=x, use_cache=False).logits
+
+    def onnx_graphs(self) -> dict[str, OnnxGraph]:
+        """Full-context logits, adapters merged. No KV cache in or out: HF's cache objects do not cross the export
+        as plain tensors without a wrapper that would have to follow transformers' cache API from release to
+        release, and at this size re-reading the context each step is cheap."""
+        model = self.merged() if self.config.lora_r else self
+        g = torch.Generator().manual_seed(0)
+        vocab, positions = self.config.vocab_size, self.config.n_positions or self.block_size
+        t = min(16, self.block_size)  # traced length; the checks run others
+
+        def ids(b: int, n: int) -> tuple[Tensor]:
+            return (torch.randint(vocab, (b, n), generator=g),)
+
+        doc = (f"next-token logits (batch, seq, {vocab}) float32 of token ids input_ids (batch, seq) int64, "
+               f"1 <= seq <= {positions} (the position table): row t scores the token after position t, and "
+               f"softmax(logits[:, -1]) is the next token's distribution; the product's forward in eval mode. No KV "
+               f"cache: a generation loop feeds the whole context, at most {positions} tokens, at every step")
+        return {"logits": OnnxGraph(
+            module=model, inputs=ids(2, t), input_names=("input_ids",), output_names=("logits",),
+            dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}},
+            tolerance=1e-3,  # logits: trained ones reach tens, and float32 error grows with them
+            doc=doc, checks=(ids(3, t // 2 + 1), ids(1, self.block_size)))}
+
+    def onnx_usage(self) -> dict[str, Any]:
+        positions = self.config.n_positions or self.block_size
+        return super().onnx_usage() | {"max_positions": positions, "block_size": self.block_size,
+                                       "loop": "append the picked token to input_ids and run logits again; when "
+                                               "the context would pass block_size tokens, go on from its latest "
+                                               "block_size // 2, as the product's generate does"}
 
     def loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch  # (B, T) each; y is x shifted left by one

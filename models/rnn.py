@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import Sampling, TextGenerator, pick_next
+from models.base import OnnxGraph, Sampling, TextGenerator, Traced, pick_next
 
 State = Tensor | tuple[Tensor, Tensor]  # GRU: h; LSTM: (h, c); each (n_layer, B, n_hidden)
 
@@ -105,6 +105,40 @@ class RecurrentLM(TextGenerator):
             if sampling.repetition_penalty != 1.0:
                 seen = torch.cat([seen, token], dim=1)
             logits, state = self(token, state)
+
+    def onnx_graphs(self) -> dict[str, OnnxGraph]:
+        """One step of the network with the state in and out: what a generation loop (as `steps`) calls."""
+        cfg, g = self.config, torch.Generator().manual_seed(0)
+        names = ("h", "c") if self.cell is nn.LSTM else ("h",)
+
+        def inputs(b: int, t: int) -> tuple[Tensor, ...]:
+            tokens = torch.randint(cfg.vocab_size, (b, t), generator=g)
+            # a state from mid-stream (not zeros), so parity covers the path from the state in
+            return tokens, *(0.5 * torch.randn(cfg.n_layer, b, cfg.n_hidden, generator=g) for _ in names)
+
+        def step(model: RecurrentLM, tokens: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+            logits, new = model(tokens, state if len(state) == 2 else state[0])
+            return logits, *_as_tensors(new)
+
+        state = ", ".join(names)
+        doc = (f"logits (batch, seq, {cfg.vocab_size}) float32 after each of tokens (batch, seq) int64, and the state "
+               f"after the last one: {state} in and {', '.join(f'{n}_out' for n in names)} out, each "
+               f"(n_layer={cfg.n_layer}, batch, n_hidden={cfg.n_hidden}) float32. Start from zeros, feed the prompt "
+               f"once, then each picked token (seq = 1) with the state the previous call returned")
+        axes = {"tokens": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
+        axes |= {n: {1: "batch"} for n in names} | {f"{n}_out": {1: "batch"} for n in names}
+        return {"step": OnnxGraph(
+            module=Traced(self, step), inputs=inputs(2, 5), input_names=("tokens", *names),
+            output_names=("logits", *(f"{n}_out" for n in names)), dynamic_axes=axes,
+            tolerance=1e-3,  # logits: trained ones reach tens, and float32 error grows with them
+            doc=doc, checks=(inputs(1, 1), inputs(3, 9)))}
+
+    def onnx_usage(self) -> dict[str, Any]:
+        names = ["h", "c"] if self.cell is nn.LSTM else ["h"]
+        return super().onnx_usage() | {
+            "state": {n: [self.config.n_layer, "batch", self.config.n_hidden] for n in names},
+            "loop": "state zeros; logits, *state = step(prompt, *state); then for each new token: pick it from "
+                    "logits[:, -1], logits, *state = step(token[:, None], *state) (no context limit)"}
 
     def train_state(self) -> dict[str, Tensor]:
         return {f"carried.{i}": t for i, t in enumerate(_as_tensors(self._carried))}

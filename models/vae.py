@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from models.base import ImageGenerator, Optimization, eval_mode
+from models.base import ImageGenerator, OnnxGraph, Optimization, Traced, eval_mode
 
 # Standard deviation of the decoder's Gaussian likelihood, in the data's [-1, 1] units (0.15 on a [0, 1] scale). It
 # sets how many nats a squared error costs against the KL: smaller gives sharper reconstructions but a posterior that
@@ -115,6 +116,25 @@ class VAE(ImageGenerator):
             metrics["kl"] += terms["kl"].mean().item() / n
         opt.step("model")
         return metrics
+
+    def onnx_graphs(self) -> dict[str, OnnxGraph]:
+        """The decoder: latents to images, as `sample` maps them."""
+        cfg, g = self.config, torch.Generator().manual_seed(0)
+
+        def inputs(b: int) -> tuple[Tensor]:
+            return (torch.randn(b, cfg.latent_dim, generator=g),)
+
+        doc = (f"images (batch, {cfg.channels}, {cfg.image_size}, {cfg.image_size}) float32 in [-1, 1] (tanh, the "
+               f"decoder's mean) from latents z (batch, {cfg.latent_dim}) float32; z drawn from N(0, I) gives what "
+               f"`sample` returns for that z")
+        return {"decoder": OnnxGraph(
+            module=Traced(self, lambda vae, z: vae.decode(z)), inputs=inputs(2), input_names=("z",),
+            output_names=("images",), dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}}, tolerance=1e-4,
+            doc=doc, checks=(inputs(1), inputs(5)))}
+
+    def onnx_usage(self) -> dict[str, Any]:
+        return super().onnx_usage() | {"latent": {"name": "z", "shape": ["batch", self.config.latent_dim],
+                                                  "distribution": "standard normal, float32"}}
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

@@ -1,15 +1,18 @@
-"""preprocess: split documents by content hash, train a byte-level BPE tokenizer on the train split only, and write
-each split as a memory-mappable token stream.
+"""preprocess: split documents by content hash, train a byte-level BPE tokenizer on (a bounded sample of) the train
+split only, and write each split as a memory-mappable token stream.
 
 Each split is one stream: every document is preceded by the end-of-text token, so the model learns document
 boundaries and every document token is predicted from a known start. Bits per byte are computed over the UTF-8
 bytes of the documents plus one byte per boundary between them (the tokens a model is scored on).
 
 Text is streamed, so memory stays bounded as the corpus grows: clean's documents.jsonl is read a line at a time,
-once to count the splits and their byte statistics, once to train the tokenizer (whose trainer keeps word counts,
-which grow with the vocabulary of the corpus, not its size), and once to encode it in batches of about
-`BATCH_BYTES`, each batch appended to its split's .npy file. The outputs are byte-identical to encoding every split
-in one batch and saving it with `np.save`, whatever the batch size.
+once to count the splits and their byte statistics while keeping the BPE tokenizer's training sample (at most
+`tokenizer_train_mb` of train documents, chosen by content hash: the whole split when it is smaller, so small
+corpora train on exactly what they did before the sample existed), and once to encode it in batches of about
+`BATCH_BYTES`, the tokenizer's threads encoding one batch while the previous one is appended to its split's .npy
+file. With `tokenizer_train_mb: null` (and for the char tokenizer) the tokenizer reads the whole train split in an
+extra pass. The outputs are byte-identical to encoding every split in one batch and saving it with `np.save`,
+whatever the batch size.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataprep.tokenize import (
     BATCH_BYTES,
     EOT,
     SPLITS,
+    TrainSample,
     check_splits,
     iter_split,
     scan,
@@ -88,8 +92,10 @@ def preprocess(params: Params, batch_bytes: int = BATCH_BYTES) -> dict:
         return preprocess_images(params)
     cfg = params.preprocess
     corpus = params.clean.out_dir / CLEAN_FILE
+    bpe = params.model.init_from is None and cfg.tokenizer == "bpe"
+    sample = TrainSample(int(cfg.tokenizer_train_mb * 1e6)) if bpe and cfg.tokenizer_train_mb is not None else None
     t0 = time.perf_counter()
-    stats = scan(corpus, cfg, batch_bytes)
+    stats = scan(corpus, cfg, batch_bytes, sample)
     n_documents = {s: stats[s].n_documents for s in SPLITS}
     check_splits(n_documents, cfg)
     log.info("preprocess: read and split %s documents (%.1f MB) in %.1f s", n_documents,
@@ -108,9 +114,16 @@ def preprocess(params: Params, batch_bytes: int = BATCH_BYTES) -> dict:
     elif cfg.tokenizer == "char":
         tok = train_char_tokenizer(iter_split(corpus, "train", cfg))
     else:
-        report = Progress("preprocess", n_documents["train"], log)  # documents the BPE trainer has read
-        tok = train_tokenizer(report.track(iter_split(corpus, "train", cfg), "BPE tokenizer: documents read"),
-                              cfg.vocab_size)
+        if sample is None:
+            documents = iter_split(corpus, "train", cfg)
+        else:
+            log.info("preprocess: BPE tokenizer sample: %d of %d train documents, %.1f of %.1f MB%s", len(sample),
+                     sample.n_offered, sample.n_bytes / 1e6, sample.n_offered_bytes / 1e6,
+                     " (all)" if sample.complete else f" (preprocess.tokenizer_train_mb={cfg.tokenizer_train_mb:g})")
+            documents = iter(sample)
+        report = Progress("preprocess", n_documents["train"] if sample is None else len(sample), log)
+        tok = train_tokenizer(report.track(documents, "BPE tokenizer: documents read"), cfg.vocab_size)
+        del sample  # its text is no longer needed while the corpus is encoded
     log.info("preprocess: tokenizer %s, vocab %d, in %.1f s", params.model.init_from or cfg.tokenizer,
              tok.get_vocab_size(), time.perf_counter() - t0)
     meta: dict = {"modality": TEXT.name, "tokenizer": params.model.init_from or cfg.tokenizer,
@@ -119,7 +132,9 @@ def preprocess(params: Params, batch_bytes: int = BATCH_BYTES) -> dict:
         out.mkdir()
         tok.save(str(out / TOKENIZER_FILE))
         t0 = time.perf_counter()
-        n_tokens = write_streams(tok, corpus, out, cfg, batch_bytes)
+        report = Progress("preprocess", sum(n_documents.values()), log)
+        n_tokens = write_streams(tok, corpus, out, cfg, batch_bytes,
+                                 track=lambda docs: report.track(docs, "documents encoded"))
         log.info("preprocess: encoded %d tokens in %.1f s", sum(n_tokens.values()), time.perf_counter() - t0)
         for split in SPLITS:
             meta[split] = {

@@ -66,6 +66,8 @@ def test_each_image_generator_trains_evaluates_registers_and_serves_pngs(project
     assert "evaluation/nearest.png" in run_artifacts
     assert version.description.startswith("# Model card") and "- PASS: memorization" in version.description
     assert "Licence not declared" in version.description  # the image folder has no ingest.licenses entry
+    graph = {"dcgan": "generator", "cdcgan": "generator", "vae": "decoder", "ddpm": "unet"}[name]
+    assert {a.path for a in client.list_artifacts(version.run_id, "onnx")} == {"onnx/onnx.json", f"onnx/{graph}.onnx"}
     step_grids = [a.path for a in client.list_artifacts(version.run_id, "images")]
     assert len([p for p in step_grids if p.endswith(".png")]) == 2  # one grid per validation (steps 2 and 4)
 

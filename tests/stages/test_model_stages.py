@@ -88,6 +88,11 @@ def test_train_writes_model_metrics_and_loss_curve_then_resumes_to_identical_wei
     assert any("resuming" in r.getMessage() and "step 4" in r.getMessage() for r in caplog.records)
     assert (out / WEIGHTS_FILE).read_bytes() == weights
     assert read_json(params.train.plots_path) == curve
+    c = read_json(out / "generator.json")["config"]
+    assert metrics["tokens_per_second"] > 0  # MFU needs a CUDA device in the peak table: none on this CPU
+    assert metrics["train_flops_per_token"] == 3 * (c["n_layer"] * (24 * c["n_embd"] ** 2 + 4 * c["block_size"]
+                                                                    * c["n_embd"]) + 2 * c["n_embd"] * c["vocab_size"])
+    assert "mfu" not in metrics
     timings = {"tokens_per_second", "train_seconds"}
     assert {k: v for k, v in again.items() if k not in timings} == {k: v for k, v in metrics.items() if k not in timings}
     assert read_json(out / RUN_FILE)["run_id"] == run_id  # the same MLflow run, not a new one
@@ -445,3 +450,30 @@ def test_every_registered_gpt_carries_a_hugging_face_export_that_loads_with_tran
     with torch.no_grad():
         ours = model(torch.tensor([got["ids"]]))[0]
     assert torch.allclose(torch.tensor(got["logits"]), ours, atol=1e-5)  # the product's logits
+
+
+def test_every_registered_version_carries_an_onnx_export_that_runs_with_onnxruntime_alone(project, staged, tmp_path):
+    import numpy as np
+    import onnxruntime
+    from tokenizers import Tokenizer
+
+    params = staged()
+    train(params)
+    evaluate(params)
+    version = register(params)["version"]
+    client = mlflow.MlflowClient(params.register.tracking_uri, registry_uri=params.register.tracking_uri)
+    run_id = client.get_model_version(params.register.model_name, str(version)).run_id
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="onnx", dst_path=str(tmp_path),
+                                                      tracking_uri=params.register.tracking_uri))
+    manifest = json.loads((folder / "onnx.json").read_text())
+    assert manifest["family"] == "gpt" and set(manifest["graphs"]) == {"logits"}
+    entry = manifest["graphs"]["logits"]
+    assert entry["parity"]["max_abs_diff"] <= entry["parity"]["tolerance"]
+    tok = Tokenizer.from_file(str(folder / manifest["tokenizer"]))  # the export carries its tokenizer
+    assert tok.encode("The river").ids == Tokenizer.from_file(str(params.preprocess.out_dir / "tokenizer.json")
+                                                             ).encode("The river").ids
+    ids = np.array([tok.encode("The river keeps the stone").ids] * 2, dtype=np.int64)
+    logits = onnxruntime.InferenceSession(str(folder / entry["file"])).run(["logits"], {"input_ids": ids})[0]
+    with torch.no_grad():
+        ours = load_generator(params.train.out_dir).eval()(torch.from_numpy(ids)).numpy()
+    assert np.abs(logits - ours).max() <= entry["parity"]["tolerance"]  # the product's logits
