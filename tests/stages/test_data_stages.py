@@ -580,6 +580,75 @@ def test_preprocess_output_is_the_same_in_any_batch_size_and_as_in_memory(projec
     assert sum(outputs[0][1][f"{s}_n_documents"] for s in SPLITS) == len(docs)
 
 
+def write_clean(project, docs: list[str]) -> None:
+    clean_dir = project.path("data/clean")
+    clean_dir.mkdir(parents=True, exist_ok=True)
+    (clean_dir / CLEAN_FILE).write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs),
+                                        encoding="utf-8")
+
+
+def test_preprocess_trains_bpe_on_its_sample_and_writes_the_same_bytes_on_every_run(project, make_documents):
+    """A train split over `tokenizer_train_mb`: the tokenizer is the one trained on the sample (the documents of
+    smallest sample key that fit, in corpus order); rerunning writes the same bytes; the streams are unchanged
+    in layout (each document encoded whole after EOT)."""
+    from tokenizers import Tokenizer
+
+    from dataprep.tokenize import sample_key, split_documents
+
+    docs = make_documents(300)
+    write_clean(project, docs)
+    params = project.make_params(preprocess={"tokenizer_train_mb": 0.01})  # 10 kB of a ~60 kB train split
+
+    first = preprocess(params)
+    outputs = snapshot(params.preprocess.out_dir)
+    second = preprocess(params)
+
+    assert snapshot(params.preprocess.out_dir) == outputs and first == second
+    cfg = params.preprocess
+    train = split_documents(docs, cfg)["train"]
+    by_key = sorted(train, key=lambda d: sample_key(d.encode("utf-8")))
+    n_fit = next(i for i in range(len(by_key) + 1)
+                 if i == len(by_key) or sum(len(d.encode()) for d in by_key[:i + 1]) > 10_000)
+    chosen = set(by_key[:n_fit])
+    sample = [d for d in train if d in chosen]
+    assert 0 < len(sample) < len(train)
+    saved = Tokenizer.from_file(str(cfg.out_dir / TOKENIZER_FILE))
+    assert saved.to_str() == Tokenizer.from_str(train_tokenizer(sample, cfg.vocab_size).to_str()).to_str()
+    eot = saved.token_to_id(EOT)
+    stream = np.load(cfg.out_dir / "val.npy").tolist()
+    val = split_documents(docs, cfg)["val"]
+    assert stream == [t for d in val for t in (eot, *saved.encode(d, add_special_tokens=False).ids)]
+
+
+def test_a_tokenizer_sample_larger_than_the_train_split_changes_nothing(project, make_documents, tmp_path_factory):
+    """The default sample keeps small corpora (the embedded one) byte-identical to training on the whole split."""
+    write_clean(project, make_documents(200))
+    params = project.make_params(preprocess={"tokenizer_train_mb": None})
+    preprocess(params)
+    whole = snapshot(params.preprocess.out_dir)
+
+    for mb in (16, 1000):
+        preprocess(project.make_params(preprocess={"tokenizer_train_mb": mb}))
+        assert snapshot(params.preprocess.out_dir) == whole
+
+
+def test_the_char_tokenizer_reads_the_whole_train_split_whatever_the_sample(project, make_documents):
+    from tokenizers import Tokenizer
+
+    rare = "rare \u00e6\u00f8\u00e5 characters " * 5
+    assert split_of(rare, 0.1, 0.1) == "train"
+    write_clean(project, [*make_documents(200), rare])
+    params = project.make_params(preprocess={"tokenizer": "char", "tokenizer_train_mb": 0.001})
+    preprocess(params)
+    with_sample = snapshot(params.preprocess.out_dir)
+
+    preprocess(project.make_params(preprocess={"tokenizer": "char", "tokenizer_train_mb": None}))
+
+    assert snapshot(params.preprocess.out_dir) == with_sample
+    vocab = Tokenizer.from_file(str(params.preprocess.out_dir / TOKENIZER_FILE)).get_vocab()
+    assert {"\u00e6", "\u00f8", "\u00e5"} <= set(vocab)
+
+
 def test_preprocess_without_clean_output_asks_to_run_the_earlier_stages(project):
     params = project.make_params()
 

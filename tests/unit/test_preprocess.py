@@ -1,6 +1,6 @@
-"""preprocess's pure logic: hash splits, the byte-level BPE tokenizer, stream layout and byte statistics, and the
-streaming pieces (document reader, batches, incremental byte counts, .npy writer) that must match the in-memory
-forms exactly."""
+"""preprocess's pure logic: hash splits, the byte-level BPE tokenizer and its training sample, stream layout and byte
+statistics, and the streaming pieces (document reader, batches, incremental byte counts, encoding one batch ahead,
+.npy writer) that must match the in-memory forms exactly."""
 
 from __future__ import annotations
 
@@ -17,14 +17,19 @@ from dataprep.tokenize import (
     SPLITS,
     ByteStats,
     TokenStreamWriter,
+    TrainSample,
     batches,
     byte_entropy,
+    encode_ahead,
     encode_stream,
     iter_documents,
+    sample_key,
+    scan,
     split_documents,
     split_of,
     stream_bytes,
     train_tokenizer,
+    write_streams,
 )
 from runtime.errors import DataError
 
@@ -245,3 +250,118 @@ def test_token_stream_writer_writes_what_np_save_writes(tmp_path, dtype, chunks)
 def test_tokenizer_trained_from_a_generator_is_the_one_trained_from_a_list(make_documents):
     docs = make_documents(100)
     assert train_tokenizer(iter(docs), 300).to_str() == train_tokenizer(docs, 300).to_str()
+
+
+# ---------------------------------------------------------------------------------------------------- tokenizer sample
+
+
+def sampled(docs: list[str], max_bytes: int) -> list[str]:
+    sample = TrainSample(max_bytes)
+    for d in docs:
+        data = d.encode("utf-8")
+        sample.add(sample_key(data), data)
+    return list(sample)
+
+
+def key_order_prefix(docs: list[str], max_bytes: int) -> list[str]:
+    """The reference: documents by increasing key (copies of one document together) while they fit, at least the
+    first, then put back in corpus order."""
+    by_key: dict[int, list[int]] = {}
+    for i, d in enumerate(docs):
+        by_key.setdefault(sample_key(d.encode("utf-8")), []).append(i)
+    kept: list[int] = []
+    total = 0
+    for key in sorted(by_key):
+        total += sum(len(docs[i].encode("utf-8")) for i in by_key[key])
+        if total > max_bytes and kept:
+            break
+        kept += by_key[key]
+    return [docs[i] for i in sorted(kept)]
+
+
+def test_a_sample_larger_than_the_documents_keeps_them_all_in_order():
+    sample = TrainSample(10**9)
+    for d in DOCS:
+        sample.add(sample_key(d.encode()), d.encode())
+    assert list(sample) == DOCS and sample.complete
+    assert sample.n_bytes == sample.n_offered_bytes == sum(map(len, DOCS)) and len(sample) == sample.n_offered
+
+
+@pytest.mark.parametrize("max_bytes", [1, 500, 5_000, 40_000])
+def test_the_sample_is_the_smallest_keys_that_fit_in_corpus_order(max_bytes):
+    got = sampled(DOCS, max_bytes)
+    assert got == key_order_prefix(DOCS, max_bytes)
+    assert got  # never empty: the first document by key stays, however long
+    assert len(got) == 1 or sum(len(d) for d in got) <= max_bytes
+
+
+def test_the_sample_is_reproducible_and_independent_of_document_order():
+    import random
+
+    shuffled = random.Random(0).sample(DOCS, len(DOCS))
+    first = sampled(DOCS, 5_000)
+    assert sampled(DOCS, 5_000) == first
+    assert sorted(sampled(shuffled, 5_000)) == sorted(first)
+    assert 0 < len(first) < len(DOCS)
+
+
+@pytest.mark.parametrize("max_bytes", [1, 3_000, 3_050, 3_100])
+def test_copies_of_a_document_enter_and_leave_the_sample_together(max_bytes):
+    docs = [d for d in DOCS[:200] for _ in range(2)]
+    got = sampled(docs, max_bytes)
+    assert got and all(got.count(d) == 2 for d in got)
+    assert got == key_order_prefix(docs, max_bytes)
+
+
+def test_the_sample_key_is_independent_of_the_split():
+    """Train documents are those of large split hash; the sample must still spread over the whole key range."""
+    keys = [sample_key(d.encode()) for d in DOCS if split_of(d, 0.05, 0.05) == "train"]
+    assert min(keys) < 2**64 * 0.05 and max(keys) > 2**64 * 0.95
+
+
+def test_scan_offers_the_sample_every_train_document_and_only_those(tmp_path):
+    path = tmp_path / "documents.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS), encoding="utf-8")
+    cfg = PreprocessParams()
+    sample = TrainSample(10**9)
+    stats = scan(path, cfg, sample=sample)
+    assert list(sample) == split_documents(DOCS, cfg)["train"]
+    assert sample.n_offered_bytes == stats["train"].n_text_bytes
+
+
+# ---------------------------------------------------------------------------------------------------- encoding
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 700, 1 << 30])
+def test_streams_hold_each_document_as_a_plain_encode_of_it_after_eot(tokenizer, tmp_path, make_documents,
+                                                                     batch_bytes):
+    docs = make_documents(120) + ["caf\u00e9 \U0001f389 " * 9, "\u65e5\u672c\u8a9e " * 20, "x"]
+    path = tmp_path / "documents.jsonl"
+    path.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    cfg = PreprocessParams()
+    out = tmp_path / f"out{batch_bytes}"
+    out.mkdir()
+    tracked = []
+
+    def track(documents):
+        for d in documents:
+            tracked.append(d)
+            yield d
+
+    n_tokens = write_streams(tokenizer, path, out, cfg, batch_bytes, track=track)
+
+    eot = tokenizer.token_to_id(EOT)
+    for split, split_docs in split_documents(docs, cfg).items():
+        expected = [t for d in split_docs for t in (eot, *tokenizer.encode(d, add_special_tokens=False).ids)]
+        stream = np.load(out / f"{split}.npy")
+        assert stream.tolist() == expected and n_tokens[split] == len(expected)
+    assert tracked == docs
+
+
+def test_encode_ahead_yields_every_batch_in_order_with_its_own_encodings(tokenizer):
+    groups = [DOCS[i:i + 7] for i in range(0, 60, 7)]
+    got = list(encode_ahead(tokenizer, iter(groups)))
+    assert [g for g, _ in got] == groups
+    for group, encodings in got:
+        assert [e.ids for e in encodings] == [tokenizer.encode(d, add_special_tokens=False).ids for d in group]
+    assert list(encode_ahead(tokenizer, iter([]))) == []
