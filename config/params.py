@@ -185,6 +185,7 @@ class GPTParams(GeneratorSection):
     n_embd: int = Field(128, ge=8)
     block_size: int = Field(128, ge=8)  # context length in tokens
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    activation: Literal["gelu", "gelu_tanh"] = "gelu"  # the MLP's GELU: exact, or GPT-2's tanh approximation
 
     @model_validator(mode="after")
     def _heads_divide(self) -> GPTParams:
@@ -300,6 +301,10 @@ class TrainParams(Section):
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    compile: Literal["auto", True, False] = "auto"  # torch.compile the training step's modules; auto: on CUDA only
+    # prepare each batch on a worker thread while the step before it runs (pinned memory, asynchronous copy);
+    # auto: on CUDA only, where the copy to the device is what it hides (on CPU it measured no faster)
+    prefetch: Literal["auto", True, False] = "auto"
     # processes of data-parallel training (DDP under torchrun: gloo on CPU, NCCL on CUDA); the global batch is
     # nproc x batch_size x grad_accum sequences per update
     nproc: int = Field(1, ge=1)

@@ -60,6 +60,8 @@ class Generator(nn.Module):
     # False for models whose validation loss does not rank checkpoints (GANs): the trainer then keeps the last
     # weights instead of those with the lowest validation loss.
     select_best: ClassVar[bool] = True
+    # config fields added since models were first saved, with the value that reproduces a model saved without them
+    SAVED_BEFORE_FIELDS: ClassVar[dict[str, Any]] = {}
     declaration: ClassVar[Declaration | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -83,16 +85,23 @@ class Generator(nn.Module):
         """Return the scalar training loss of one micro-batch (single-objective models)."""
         raise NotImplementedError(f"{type(self).__name__} must implement loss() or override train_step()")
 
-    def train_step(self, micro_batches: Sequence[Any], opt: Optimization) -> dict[str, float]:
-        """Run one optimizer update over `micro_batches` (gradient accumulation) and return metrics."""
-        total = 0.0
+    def train_step(self, micro_batches: Sequence[Any], opt: Optimization) -> dict[str, Tensor]:
+        """Run one optimizer update over `micro_batches` (gradient accumulation) and return metrics as 0-dim
+        tensors on the model's device: reading them (`float`) waits for the device, so the trainer reads them only
+        at its log intervals."""
+        total = None
         for batch in micro_batches:
             with opt.autocast():
                 loss = self.loss(batch)
             opt.backward(loss / len(micro_batches))
-            total += loss.item()
+            total = loss.detach() if total is None else total + loss.detach()
         opt.step("model")
         return {"loss": total / len(micro_batches)}
+
+    def compile_targets(self) -> list[nn.Module]:
+        """The modules `train.compile` compiles in place (`nn.Module.compile`): those whose forward the training
+        step calls."""
+        return [self]
 
     def train_state(self) -> dict[str, Tensor]:
         """Return state beyond the weights that an exact resume needs (e.g. a carried hidden state)."""
@@ -355,7 +364,7 @@ def load_generator(directory: Path, map_location: str | torch.device = "cpu") ->
     """Rebuild a generator from `directory` (generator.json + model.safetensors) without unpickling anything."""
     spec = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
     cls = generator_class(spec["name"])
-    model = cls(cls.Config(**spec["config"]))
+    model = cls(cls.Config(**(cls.SAVED_BEFORE_FIELDS | spec["config"])))
     load_model(model, str(Path(directory) / WEIGHTS_FILE), device=str(map_location))
     return model.to(map_location)
 

@@ -157,7 +157,10 @@ class DCGAN(ImageGenerator):
         real_logits, fake_logits = self.D(x, y), self.D(fake, y)
         return _bce(real_logits, 1.0) + _bce(fake_logits, 0.0), real_logits, fake_logits
 
-    def train_step(self, micro_batches: Sequence[tuple[Tensor, Tensor]], opt: Optimization) -> dict[str, float]:
+    def compile_targets(self) -> list[torch.nn.Module]:
+        return [self.G, self.D]
+
+    def train_step(self, micro_batches: Sequence[tuple[Tensor, Tensor]], opt: Optimization) -> dict[str, Tensor]:
         """Step the discriminator, then the generator, each on the gradient of its loss averaged over
         `micro_batches`. Fake labels, for a conditional model, are those of the real micro-batch."""
         n = len(micro_batches)
@@ -169,9 +172,9 @@ class DCGAN(ImageGenerator):
             with opt.autocast():
                 loss, real_logits, fake_logits = self._discriminator_loss(x, y)
             opt.backward(loss / n)
-            d_loss += loss.item() / n
-            d_real += torch.sigmoid(real_logits.float()).mean().item() / n
-            d_fake += torch.sigmoid(fake_logits.float()).mean().item() / n
+            d_loss = d_loss + loss.detach() / n  # device tensors: no host sync per step
+            d_real = d_real + torch.sigmoid(real_logits.detach().float()).mean() / n
+            d_fake = d_fake + torch.sigmoid(fake_logits.detach().float()).mean() / n
         opt.step("discriminator")
 
         # 2. generator: non-saturating loss -log D(G(z)) on fresh noise; D is frozen so it keeps no gradient.
@@ -180,7 +183,7 @@ class DCGAN(ImageGenerator):
                 with opt.autocast():
                     loss = _bce(self.D(self.G(self._noise(x.size(0), x.device), y), y), 1.0)
                 opt.backward(loss / n)
-                g_loss += loss.item() / n
+                g_loss = g_loss + loss.detach() / n
         opt.step("generator")
         return {"loss": g_loss, "g_loss": g_loss, "d_loss": d_loss, "d_real": d_real, "d_fake": d_fake}
 

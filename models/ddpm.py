@@ -142,7 +142,10 @@ class DDPM(ImageGenerator):
         x, _ = batch
         return self._denoising_loss(self.ema, x)
 
-    def train_step(self, micro_batches: Sequence[tuple[Tensor, Tensor]], opt: Optimization) -> dict[str, float]:
+    def compile_targets(self) -> list[torch.nn.Module]:
+        return [self.unet]  # the online network the loss runs; the EMA copy only averages weights
+
+    def train_step(self, micro_batches: Sequence[tuple[Tensor, Tensor]], opt: Optimization) -> dict[str, Tensor]:
         metrics = super().train_step(micro_batches, opt)
         self.update_ema()
         return metrics

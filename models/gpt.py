@@ -21,6 +21,8 @@ from torch import Tensor
 
 from models.base import OnnxGraph, Sampling, TextGenerator, pick_next
 
+ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}  # GPTConfig.activation -> transformers' name
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -32,6 +34,9 @@ class GPTConfig:
     dropout: float = 0.1  # embedding, attention and residual dropout alike
     eot_id: int = 0  # document separator: start token for unconditional samples
     n_positions: int | None = None  # position table size; defaults to block_size (larger for checkpoints like gpt2)
+    # the MLP's GELU: "gelu" (exact, erf) or "gelu_tanh" (GPT-2's tanh approximation, what its checkpoints were
+    # trained with, and what models saved before this field existed use: GPT.SAVED_BEFORE_FIELDS)
+    activation: str = "gelu"
     lora_r: int = 0  # > 0: the weights are frozen and LoRA adapters of this rank train (peft)
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -43,6 +48,7 @@ class GPTConfig:
 
 class GPT(TextGenerator):
     Config = GPTConfig
+    SAVED_BEFORE_FIELDS = {"activation": "gelu_tanh"}
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config)
@@ -61,8 +67,9 @@ class GPT(TextGenerator):
             eos_token_id=config.eot_id,
             # GPT-2's own "gelu_new" is the tanh-approximated GELU written as eight elementwise ops (each a pass over
             # the (B, T, 4C) activations, forward and backward); "gelu_pytorch_tanh" is the same function as one
-            # fused kernel: bench/train_throughput.py measures the difference.
-            activation_function="gelu_pytorch_tanh",
+            # fused kernel. Fresh models use the exact GELU, whose CPU kernels are faster still
+            # (bench/train_vs_minimal.py).
+            activation_function=ACTIVATIONS[config.activation],
             attn_implementation=_register_attention(),
         )
         self.net = GPT2LMHeadModel(hf)
@@ -75,9 +82,13 @@ class GPT(TextGenerator):
         from transformers import GPT2Config, GPT2LMHeadModel
 
         hf = GPT2Config.from_pretrained(directory)
+        activation = {v: k for k, v in ACTIVATIONS.items()} | {"gelu_new": "gelu_tanh"}
+        if hf.activation_function not in activation:
+            raise ValueError(f"{directory}: activation_function {hf.activation_function!r} is not one of "
+                             f"{sorted(activation)}")
         config = GPTConfig(vocab_size=hf.vocab_size, block_size=min(block_size, hf.n_positions), n_layer=hf.n_layer,
                            n_head=hf.n_head, n_embd=hf.n_embd, dropout=dropout, eot_id=eot_id,
-                           n_positions=hf.n_positions)
+                           n_positions=hf.n_positions, activation=activation[hf.activation_function])
         model = cls(config)
         model.net.load_state_dict(GPT2LMHeadModel.from_pretrained(directory).state_dict())
         return model
@@ -95,8 +106,19 @@ class GPT(TextGenerator):
         return plain
 
     def forward(self, x: Tensor) -> Tensor:
-        """Return next-token logits (B, T, V) for tokens x (B, T)."""
-        return self.net(input_ids=x, use_cache=False).logits
+        """Return next-token logits (B, T, V) for tokens x (B, T): the network's own modules in the order
+        `GPT2LMHeadModel` runs them without a cache or padding, minus its per-call machinery (argument checks,
+        cache and mask construction, output objects), which on small models is a few percent of a training step.
+        The result equals `net(input_ids=x).logits` exactly (tests/unit/test_gpt.py)."""
+        hf = self.net.get_base_model() if self.config.lora_r else self.net  # peft's adapters sit inside the modules
+        body = hf.transformer
+        h = body.drop(body.wte(x) + body.wpe(torch.arange(x.size(1), device=x.device)))
+        for block in body.h:
+            h = block(h)
+        return hf.lm_head(body.ln_f(h))
+
+    def compile_targets(self) -> list[torch.nn.Module]:
+        return [self.net]
 
     def onnx_graphs(self) -> dict[str, OnnxGraph]:
         """Full-context logits, adapters merged. No KV cache in or out: HF's cache objects do not cross the export

@@ -102,18 +102,21 @@ class VAE(ImageGenerator):
         """Negative beta-ELBO per pixel value, averaged over the batch (labels are ignored)."""
         return self._objective(self.elbo_terms(batch[0]))
 
-    def train_step(self, micro_batches: Sequence[tuple[Tensor, Tensor]], opt: Optimization) -> dict[str, float]:
+    def compile_targets(self) -> list[torch.nn.Module]:
+        return [self.encoder, self.decoder]
+
+    def train_step(self, micro_batches: Sequence[tuple[Tensor, Tensor]], opt: Optimization) -> dict[str, Tensor]:
         """The default accumulated step, also reporting the two ELBO terms in nats per image."""
         n = len(micro_batches)
-        metrics = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
+        metrics: dict[str, Tensor | float] = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
         for x, _ in micro_batches:
             with opt.autocast():
                 terms = self.elbo_terms(x)
                 loss = self._objective(terms)
             opt.backward(loss / n)
-            metrics["loss"] += loss.item() / n
-            metrics["recon"] += terms["recon"].mean().item() / n
-            metrics["kl"] += terms["kl"].mean().item() / n
+            metrics["loss"] = metrics["loss"] + loss.detach() / n  # device tensors: no host sync per step
+            metrics["recon"] = metrics["recon"] + terms["recon"].detach().float().mean() / n
+            metrics["kl"] = metrics["kl"] + terms["kl"].detach().float().mean() / n
         opt.step("model")
         return metrics
 

@@ -1,4 +1,5 @@
-"""Where tensors live: the device `train.device` asks for, and the autocast dtype `train.precision` gives."""
+"""Where tensors live: the device `train.device` asks for, the autocast dtype `train.precision` gives, and whether
+`train.compile` compiles."""
 
 from __future__ import annotations
 
@@ -23,3 +24,16 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
+
+
+def compile_enabled(setting: bool | str, device: torch.device) -> bool:
+    """Resolve `train.compile`: auto compiles on CUDA only. On CPU it does not pay: the default GPT's first step
+    compiles for ~74 s and the compiled step then runs at 0.67x eager speed (BENCHMARKS.md, training throughput)."""
+    return on_cuda_when_auto(setting, device)
+
+
+def on_cuda_when_auto(setting: bool | str, device: torch.device) -> bool:
+    """Resolve a true | false | auto setting whose auto means: on CUDA devices only (train.compile, train.prefetch)."""
+    if setting == "auto":
+        return device.type == "cuda"
+    return bool(setting)

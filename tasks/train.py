@@ -23,7 +23,7 @@ from config.params import Params
 from registry.tracking import check_reachable
 from runtime.io import atomic_path, read_json, write_json
 from training import ddp
-from training.trainer import Trainer, _end_mlflow, _start_mlflow
+from training.trainer import Prefetched, Trainer, _end_mlflow, _start_mlflow
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,9 @@ def _train(params: Params, world: ddp.World | None) -> dict:
         throughput: None if rate is None else round(rate, 1),
         "train_seconds": round(seconds, 1),  # of this invocation (a resumed run counts only its own steps)
         "device": trainer.device.type,
+        "precision": "bf16" if trainer.opt.dtype is not None else "fp32",  # what train.precision resolved to
+        "compiled": trainer.compiled,  # what train.compile resolved to
+        "prefetched": isinstance(trainer.windows, Prefetched),  # what train.prefetch resolved to
         "nproc": n_workers,
     }
     metrics |= _utilisation(model, trainer, rate, n_workers)

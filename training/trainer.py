@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from config.catalog import META_FILE, TOKENIZER_FILE, labels_file, split_file
 from config.params import Params, TrainParams
 from dataprep.tokenize import load_tokens
 from models.base import Generator, TextGenerator, generator_class, load_generator, to_unit
-from runtime.device import autocast_dtype, pick_device
+from runtime.device import autocast_dtype, compile_enabled, on_cuda_when_auto, pick_device
 from runtime.io import read_json, sha256_file
 from runtime.progress import Progress as Report
 from runtime.progress import describe_duration, eta
@@ -46,6 +47,60 @@ def lr_at(step: int, cfg: TrainParams) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
+def to_device(array: np.ndarray, device: torch.device) -> Tensor:
+    """Move a host array to `device`: through pinned memory and an asynchronous copy on CUDA, so the copy of a batch
+    prepared ahead (`Prefetched`) overlaps the step that runs meanwhile."""
+    t = torch.from_numpy(array)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class Prefetched:
+    """Batches of `source` (TokenWindows, StreamWindows or ImageBatches) prepared one call ahead on a worker
+    thread: gathering windows from the memory-mapped arrays, the dtype conversion and, on CUDA, the pinned copy to
+    the device overlap the step in progress.
+
+    The resume state stays that of the batches handed out: `state_dict` is the source's state from before the
+    batch being prepared was drawn, and `load_state_dict` drops that batch, so a resumed run draws exactly the
+    batches an uninterrupted one does."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+        self._state: dict[str, Any] | None = None  # the source's state before the pending batch was drawn
+
+    def __call__(self) -> Any:
+        batch = self.source() if self._pending is None else self._pending.result()
+        self._state = self.source.state_dict()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        self._pending = self._pool.submit(self.source)
+        return batch
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            self._pending.result()  # let it finish (and surface its error) before touching the source's state
+            self._pending = None
+            self.source.load_state_dict(self._state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.source.state_dict() if self._pending is None else self._state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._drop_pending()
+        self.source.load_state_dict(state)
+
+    def close(self) -> None:
+        """Drop the batch prepared ahead (the source's state is that of the batches handed out) and stop the
+        worker thread."""
+        self._drop_pending()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
 class TokenWindows:
     """Random (x, y) windows of `block_size` tokens from a token stream, drawn with an explicit generator.
 
@@ -66,9 +121,8 @@ class TokenWindows:
                                generator=self.generator)
         starts = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         rows = np.stack([self.tokens[s : s + self.block_size + 1] for s in starts.tolist()]).astype(np.int64)
-        xy = torch.from_numpy(rows).to(self.device, non_blocking=True)
+        xy = to_device(rows, self.device)
         return xy[:, :-1], xy[:, 1:]  # (B, T) inputs and (B, T) next-token targets
-
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
@@ -103,7 +157,7 @@ class StreamWindows:
         self.position += 1
         offset = k * self.block_size
         rows = np.stack([self.tokens[s + offset : s + offset + self.block_size + 1] for s in self.starts])
-        xy = torch.from_numpy(rows.astype(np.int64)).to(self.device, non_blocking=True)
+        xy = to_device(rows.astype(np.int64), self.device)
         return xy[:, :-1], xy[:, 1:], k == 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -142,8 +196,8 @@ class ImageBatches:
 
 def image_batch(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
     """Gather images (uint8, N C H W) and labels at `idx` into an (x in [-1, 1], y) batch on `device`."""
-    x = to_unit(torch.from_numpy(np.ascontiguousarray(images[idx])).to(device, non_blocking=True))
-    y = torch.from_numpy(np.asarray(labels[idx], dtype=np.int64)).to(device, non_blocking=True)
+    x = to_unit(to_device(np.ascontiguousarray(images[idx]), device))
+    y = to_device(np.asarray(labels[idx], dtype=np.int64), device)
     return x, y  # (B, C, H, W), (B,)
 
 
@@ -308,7 +362,8 @@ def code_digest() -> str:
 def run_key(params: Params, data_digest: str) -> str:
     """Digest everything that determines the trained weights: model, training settings, data and code."""
     train = params.train.model_dump(exclude={"out_dir", "checkpoint_dir", "metrics_path", "plots_path",
-                                             "steps_plots_path", "log_interval", "device"})
+                                             "steps_plots_path", "log_interval", "device",
+                                             "prefetch"})  # prefetching changes no result
     model = {"name": params.model.name, "init_from": params.model.init_from,
              **params.model.hparams.architecture()}  # not the unchosen generators' params
     blob = json.dumps({"model": model, "train": train, "data": data_digest, "code": code_digest()},
@@ -431,21 +486,27 @@ class Trainer:
         if self.image:
             from dataprep.tokenize import load_images
 
-            self.windows = ImageBatches(*load_images(data_dir, "train"), cfg.batch_size,
-                                        torch.Generator().manual_seed(cfg.seed), self.device, rank, world_size)
+            source = ImageBatches(*load_images(data_dir, "train"), cfg.batch_size,
+                                  torch.Generator().manual_seed(cfg.seed), self.device, rank, world_size)
             self.val_data = load_images(data_dir, "val")
         else:
             train_tokens = load_tokens(data_dir, "train")
             if self.model.stateful:
-                self.windows = StreamWindows(train_tokens, self.model.block_size, cfg.batch_size, self.device, rank,
-                                             world_size)
+                source = StreamWindows(train_tokens, self.model.block_size, cfg.batch_size, self.device, rank,
+                                       world_size)
             else:
-                self.windows = TokenWindows(train_tokens, self.model.block_size, cfg.batch_size,
-                                            torch.Generator().manual_seed(cfg.seed), self.device, rank, world_size)
+                source = TokenWindows(train_tokens, self.model.block_size, cfg.batch_size,
+                                      torch.Generator().manual_seed(cfg.seed), self.device, rank, world_size)
             self.val_data = load_tokens(data_dir, "val")
             from tokenizers import Tokenizer
 
             self.tokenizer = Tokenizer.from_file(str(data_dir / TOKENIZER_FILE))  # decodes the samples table
+        # the training batches; with train.prefetch each is prepared while the step before it runs
+        self.windows = Prefetched(source) if on_cuda_when_auto(cfg.prefetch, self.device) else source
+        self.compiled = compile_enabled(cfg.compile, self.device)
+        if self.compiled:  # in place: the weights keep their names in checkpoints and exports
+            for part in self.model.compile_targets():
+                part.compile()
         if rank > 0:  # same initial weights everywhere (drawn above); from here each rank its own dropout and noise
             torch.manual_seed(cfg.seed + rank)
         self.ckpt_dir = cfg.checkpoint_dir / run_key(params, digest)
@@ -513,6 +574,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ the loop
 
+    def step(self, step: int) -> dict[str, Tensor | float]:
+        """Run update `step` (0-based): (1) its learning rate, (2) its micro-batches, (3) forward, backward and
+        the optimizer steps inside the model's `train_step`. The metrics stay on the device (no host sync)."""
+        self.opt.set_lr(lr_at(step, self.cfg))
+        return self.model.train_step([self.windows() for _ in range(self.cfg.grad_accum)], self.opt)
+
     def fit(self, progress: Progress) -> None:
         """Run updates from `progress.step` to max_steps, validating and checkpointing every eval_interval."""
         from tqdm import tqdm
@@ -526,17 +593,14 @@ class Trainer:
                    disable=None if self.main else True)
         report = Report("train", cfg.max_steps, log) if self.main else None  # the Prefect UI's bar, log lines
         while progress.step < cfg.max_steps:
-            # (1) learning rate, (2) micro-batches, (3) forward/backward/step inside the model's train_step
-            self.opt.set_lr(lr_at(progress.step, cfg))
-            metrics = model.train_step([self.windows() for _ in range(cfg.grad_accum)], self.opt)
-            recent.append(ddp.mean(metrics["loss"]) if self.world else metrics["loss"])  # the global batch's
+            recent.append(self.step(progress.step)["loss"])  # (1)-(3); read on the host only at (4) and (5)
             progress.step += 1
             bar.update(1)
             step = progress.step
             if step % cfg.log_interval == 0 or step == cfg.max_steps:  # (4) log
                 if not warned_long and self.main:
                     warned_long = self._warn_if_long(step - first_step, time.perf_counter() - started, step)
-                train_loss, lr = float(np.mean(recent[-cfg.log_interval :])), lr_at(step - 1, cfg)
+                train_loss, lr = self._mean_loss(recent[-cfg.log_interval :]), lr_at(step - 1, cfg)
                 progress.curve.append({"step": step, "train_loss": round(train_loss, 5), "lr": lr})
                 bar.set_postfix(loss=f"{train_loss:.3f}")
                 if report is not None:
@@ -545,7 +609,7 @@ class Trainer:
             if step % cfg.eval_interval and step != cfg.max_steps:
                 continue
             # (5) validate, keep best, checkpoint: rank 0 (the others wait for it at their next all-reduce)
-            train_loss, recent = float(np.mean(recent)), []
+            train_loss, recent = self._mean_loss(recent), []
             ranks = self._sync_ranks()
             if not self.main:
                 continue
@@ -563,6 +627,17 @@ class Trainer:
                 save_checkpoint(self.ckpt_dir / "best", model, {"step": step, "val_loss": val})
             self.checkpoint(progress, ranks)
         bar.close()
+        if isinstance(self.windows, Prefetched):
+            self.windows.close()
+
+    def _mean_loss(self, losses: list[Tensor | float]) -> float:
+        """The mean of per-step losses (device tensors or floats) in one host read; data-parallel, the mean over
+        the ranks too (every rank reads at the same steps)."""
+        if all(isinstance(v, Tensor) for v in losses):
+            mean = torch.stack([v.detach().reshape(()) for v in losses]).double().mean().item()
+        else:
+            mean = float(np.mean([float(v) for v in losses]))
+        return ddp.mean(mean) if self.world else mean
 
     def _warn_if_long(self, steps_done: int, elapsed_s: float, step: int) -> bool:
         """Warn, from the pace of the steps this run has done, when the rest would take longer than a day; return

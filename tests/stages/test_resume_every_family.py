@@ -37,6 +37,7 @@ _LOOP = {"max_steps": STEPS, "eval_interval": EVERY, "log_interval": EVERY, "war
 # it trains longer: the kill points (15, 30, 45) stay the same and the run is still going when they are reached.
 FAMILIES = {
     "gpt": {"train": {**_LOOP, "batch_size": 4}},
+    "gpt, prefetching": {"train": {**_LOOP, "batch_size": 4, "prefetch": True}},  # the default on CUDA only
     "lstm": {"preprocess": {"tokenizer": "char"}, "train": {**_LOOP, "max_steps": 8 * STEPS, "batch_size": 4},
              "model": {"name": "lstm", "lstm": {"n_layer": 1, "n_embd": 8, "n_hidden": 16, "block_size": 8,
                                                 "dropout": 0.1}}},
@@ -47,7 +48,7 @@ FAMILIES = {
 
 def setup_project(root: Path, family: str) -> tuple[Project, object]:
     project = Project(root)
-    if family in ("gpt", "lstm"):
+    if family.startswith(("gpt", "lstm")):
         project.write_corpus()
     else:
         project.write_images(per_class=10)

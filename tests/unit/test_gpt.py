@@ -168,3 +168,38 @@ def test_save_and_load_round_trip_without_pickle(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     assert torch.equal(loaded.generate(x[:, :4], 8, temperature=0.0), model.generate(x[:, :4], 8, temperature=0.0))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_lean_forward_computes_exactly_what_the_hugging_face_forward_does(dropout, lora):
+    """GPT.forward runs the network's modules without transformers' per-call machinery: same logits, bit for bit,
+    in eval mode and in training mode (the same dropout draws), with and without LoRA adapters."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, block_size=24, dropout=dropout, activation="gelu"))
+    if lora:
+        model = model.with_lora(4, 8.0, 0.0, ["c_attn", "c_fc"])
+        with torch.no_grad():  # adapters start as a no-op (B = 0): make them count
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_()
+    x = torch.randint(97, (3, 24))
+    model.eval()
+    assert torch.equal(model(x), model.net(input_ids=x, use_cache=False).logits)
+    model.train()
+    torch.manual_seed(1)
+    lean = model(x)
+    torch.manual_seed(1)
+    assert torch.equal(lean, model.net(input_ids=x, use_cache=False).logits)
+
+
+def test_fresh_models_use_the_exact_gelu_and_models_saved_before_the_choice_keep_the_tanh_one(tmp_path):
+    fresh = GPT(GPTConfig(vocab_size=50))
+    assert type(fresh.net.transformer.h[0].mlp.act).__name__ == "GELUActivation"
+    fresh.save(tmp_path)
+    spec = json.loads((tmp_path / CONFIG_FILE).read_text())
+    del spec["config"]["activation"]  # a generator.json written before the field existed
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(spec))
+    old = load_generator(tmp_path)
+    assert old.config.activation == "gelu_tanh"
+    assert type(old.net.transformer.h[0].mlp.act).__name__ == "GELUTanh"

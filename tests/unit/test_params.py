@@ -119,7 +119,7 @@ def test_unknown_nested_key_lists_the_nested_section_keys():
     message = error_of({"model": {"gpt": {"n_layers": 2}}})
     assert "model.gpt.n_layers: unknown key" in message
     allowed = {k.strip() for k in message.split("allowed keys:")[1].split(",")}
-    assert allowed == {"n_layer", "n_head", "n_embd", "block_size", "dropout", "train"}
+    assert allowed == {"n_layer", "n_head", "n_embd", "block_size", "dropout", "activation", "train"}
 
 
 def test_root_is_not_a_settable_key():
@@ -162,6 +162,15 @@ def test_bad_device_lists_every_allowed_device():
     assert "train.device" in message and "'tpu'" in message
     for device in ("auto", "cpu", "cuda", "mps"):
         assert f"'{device}'" in message.split("allowed values:")[1]
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"train": {"compile": "fast"}}, "train.compile: 'fast' is not allowed; allowed values: 'auto', True or False"),
+    ({"model": {"gpt": {"activation": "relu"}}},
+     "model.gpt.activation: 'relu' is not allowed; allowed values: 'gelu' or 'gelu_tanh'"),
+])
+def test_a_value_outside_a_choice_lists_the_choices(data, message):
+    assert message in error_of(data)
 
 
 @pytest.mark.parametrize(

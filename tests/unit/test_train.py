@@ -180,3 +180,73 @@ def test_lr_at_returns_finite_values_for_single_step_runs():
     cfg = TrainParams(max_steps=1, warmup_steps=1, lr=0.5)
     assert lr_at(0, cfg) == pytest.approx(0.5)
     assert math.isfinite(lr_at(1, cfg))
+
+
+# ---------------------------------------------------------------------------------------------------- prefetching
+
+
+def test_prefetching_hands_out_the_same_batches_as_the_source_alone():
+    from training.trainer import Prefetched
+
+    tokens = np.random.default_rng(1).integers(0, 300, 5000).astype(np.uint16)
+    plain, ahead = windows(tokens, seed=5), Prefetched(windows(tokens, seed=5))
+    for _ in range(6):
+        (xp, yp), (xa, ya) = plain(), ahead()
+        assert torch.equal(xp, xa) and torch.equal(yp, ya)
+    ahead.close()
+
+
+def test_a_prefetching_resume_replays_exactly_the_batches_an_uninterrupted_run_draws():
+    """The state saved mid-run is that of the batches handed out, not of the one already prepared ahead."""
+    from training.trainer import Prefetched
+
+    tokens = np.random.default_rng(2).integers(0, 300, 5000).astype(np.uint16)
+    run = Prefetched(windows(tokens, seed=9))
+    for _ in range(3):
+        run()
+    state = run.state_dict()  # a checkpoint after step 3; batch 4 is being prepared
+    rest = [run() for _ in range(4)]
+    resumed = Prefetched(windows(tokens, seed=1234))  # a new process: its own seed until the state is loaded
+    resumed.load_state_dict(state)
+    for (xe, ye), (xg, yg) in zip(rest, [resumed() for _ in range(4)]):
+        assert torch.equal(xe, xg) and torch.equal(ye, yg)
+    # reloading a state while a batch is prepared ahead drops that batch
+    run.load_state_dict(state)
+    assert torch.equal(run()[0], rest[0][0])
+    run.close()
+    resumed.close()
+
+
+def test_an_error_drawing_a_prefetched_batch_reaches_the_caller():
+    from training.trainer import Prefetched
+
+    calls = []
+
+    class Failing:
+        def __call__(self):
+            calls.append(1)
+            if len(calls) > 1:
+                raise DataError("the token file went away")
+            return "batch 1"
+
+        def state_dict(self):
+            return {"calls": len(calls)}
+
+        def load_state_dict(self, state):
+            pass
+
+    ahead = Prefetched(Failing())
+    assert ahead() == "batch 1"
+    with pytest.raises(DataError, match="went away"):
+        ahead()
+
+
+# ---------------------------------------------------------------------------------------------------- compile
+
+
+@pytest.mark.parametrize(("setting", "device", "expected"), [
+    ("auto", "cpu", False), ("auto", "cuda", True), (True, "cpu", True), (False, "cuda", False)])
+def test_train_compile_auto_compiles_on_cuda_only(setting, device, expected):
+    from runtime.device import compile_enabled
+
+    assert compile_enabled(setting, torch.device(device)) is expected

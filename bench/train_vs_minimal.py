@@ -1,0 +1,261 @@
+"""The product's GPT trainer against a minimal GPT trainer written for speed (bench/minimal_gpt.py), and against a
+bare loop around Hugging Face's `GPT2LMHeadModel`: tokens/s and validation loss at equal steps, in one process.
+
+Two configurations:
+- `small-cpu-char`: the minimal trainers' own small CPU config: char-level tokens, 4 layers, 4 heads, 128 dims,
+  block 64, batch 12, dropout 0, lr 1e-3 with 100 warm-up steps and cosine to 1e-4, betas (0.9, 0.99), weight
+  decay 0.1, clip 1.0, 2,000 steps, fp32;
+- `default`: params.yaml as it is (byte-level BPE 2,048, block 128, batch 16, dropout 0.1, 600 steps).
+
+Each configuration prepares its data with the real ingest/clean/preprocess stages on the default corpus, then every
+side trains from the same seed for the same number of steps with the same lr schedule (`training.trainer.lr_at`),
+batch, optimizer settings, clipping and dtype. The sides alternate in blocks of `--block-steps` steps, the order
+rotating every round, so load from other processes falls on all alike; tokens/s per side is the median over its
+blocks, the ratio product/other the median of the per-round ratios (with its interquartile range).
+
+The product side is `training.trainer.Trainer` stepped exactly as `Trainer.fit` steps it (`Trainer.step`),
+without fit's periodic validation and checkpoints. After the last step each side's final weights score the same
+held-out tokens: every non-overlapping window of block_size + 1 tokens of the validation split; reported as mean
+nats per token, and the product's paired difference to each other side with its standard error over windows.
+
+Usage: python bench/train_vs_minimal.py [--configs small-cpu-char default] [--sides product minimal hf]
+       [--steps N] [--threads N]    (writes bench/results/train_vs_minimal.json unless --steps shortens the runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+log = logging.getLogger("bench.train_vs_minimal")
+
+from bench.common import Result, load_averages  # noqa: E402
+
+CONFIGS = {
+    "small-cpu-char": {"preprocess.tokenizer": "char", "model.gpt.n_layer": 4, "model.gpt.n_head": 4,
+                       "model.gpt.n_embd": 128, "model.gpt.block_size": 64, "model.gpt.dropout": 0.0,
+                       "train.batch_size": 12, "train.lr": 1e-3, "train.warmup_steps": 100,
+                       "train.min_lr_ratio": 0.1, "train.beta2": 0.99, "train.weight_decay": 0.1,
+                       "train.grad_clip": 1.0, "train.max_steps": 2000, "train.precision": "fp32"},
+    "default": {"train.precision": "fp32"},
+}
+SCORE_BATCH = 32
+
+
+@dataclass
+class Side:
+    name: str
+    step: Callable[[int], Any]  # update i; returns the loss (a tensor or a float)
+    logits: Callable[[torch.Tensor], torch.Tensor]  # eval-mode next-token logits of (B, T) tokens
+    module: torch.nn.Module
+    tokens_per_step: int
+    detail: dict
+
+
+def prepare(root: Path, overrides: dict) -> Any:
+    """Ingest, clean and preprocess the default corpus under `root` with `overrides`; return the params."""
+    from config.params import apply_overrides, parse_params, read_params_data
+    from tasks.clean import clean
+    from tasks.ingest import ingest
+    from tasks.preprocess import preprocess
+
+    data = apply_overrides(read_params_data(REPO / "params.yaml"),
+                           {"model.name": "gpt", "model.init_from": None, "model.lora": None, **overrides})
+    params = parse_params(data, root)
+    for stage in (ingest, clean, preprocess):
+        stage(params)
+    return params
+
+
+def product_side(params: Any) -> Side:
+    from training.trainer import Trainer
+
+    trainer = Trainer(params)
+    model = trainer.model.train()
+    cfg = trainer.cfg
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    detail = {"attn_implementation": model.net.config._attn_implementation if hasattr(model, "net") else "own",
+              "activation": str(model.net.config.activation_function) if hasattr(model, "net") else "own",
+              "n_params": model.n_params()}
+    return Side("product", lambda i: trainer.step(i)["loss"], logits, model, cfg.batch_size * cfg.grad_accum * model.block_size, detail)
+
+
+def minimal_side(params: Any, meta: dict) -> Side:
+    from bench.minimal_gpt import MinimalTrainer
+    from training.trainer import lr_at
+
+    cfg, hp = params.train, params.model.gpt
+    ref = MinimalTrainer(params.preprocess.out_dir, meta["vocab_size"], hp.block_size, hp.n_layer, hp.n_head,
+                         hp.n_embd, hp.dropout, cfg.batch_size, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay,
+                         cfg.grad_clip, cfg.seed)
+    n_params = sum(p.numel() for p in ref.model.parameters())
+    return Side("minimal", lambda i: ref.step(lr_at(i, cfg)), ref.model, ref.model,
+                cfg.batch_size * hp.block_size, {"n_params": n_params})
+
+
+def hf_side(params: Any, meta: dict) -> Side:
+    """The bare Hugging Face loop: `GPT2LMHeadModel` with transformers' defaults, torch's default AdamW."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from training.trainer import lr_at
+
+    cfg, hp = params.train, params.model.gpt
+    block, batch = hp.block_size, cfg.batch_size
+    torch.manual_seed(cfg.seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=meta["vocab_size"], n_positions=block, n_embd=hp.n_embd,
+                                       n_layer=hp.n_layer, n_head=hp.n_head, resid_pdrop=hp.dropout,
+                                       embd_pdrop=hp.dropout, attn_pdrop=hp.dropout)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                            weight_decay=cfg.weight_decay)
+    tokens = np.load(params.preprocess.out_dir / "train.npy", mmap_mode="r")
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def step(i: int) -> torch.Tensor:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(i, cfg)
+        starts = torch.randint(len(tokens) - block - 1, (batch,), generator=gen).tolist()
+        xy = torch.from_numpy(np.stack([tokens[s : s + block + 1] for s in starts]).astype(np.int64))
+        logits = model(xy[:, :-1]).logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), xy[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return Side("hf", step, lambda x: model(x).logits, model, batch * block,
+                {"n_params": sum(p.numel() for p in model.parameters())})
+
+
+def window_losses(side: Side, tokens: np.ndarray, block_size: int) -> np.ndarray:
+    """Mean nats per token of each non-overlapping (block_size + 1)-token window of `tokens`."""
+    n = (len(tokens) - 1) // block_size
+    starts = np.arange(n) * block_size
+    out = []
+    side.module.eval()
+    with torch.inference_mode():
+        for i in range(0, n, SCORE_BATCH):
+            rows = torch.from_numpy(np.stack([tokens[s : s + block_size + 1] for s in starts[i : i + SCORE_BATCH]])
+                                    .astype(np.int64))
+            logits = side.logits(rows[:, :-1])
+            nll = F.cross_entropy(logits.flatten(0, 1).float(), rows[:, 1:].flatten(), reduction="none")
+            out.append(nll.view(len(rows), -1).mean(dim=1).numpy())
+    side.module.train()
+    return np.concatenate(out)
+
+
+def run_config(name: str, overrides: dict, sides: list[str], steps: int | None, block_steps: int,
+               warmup: int) -> dict:
+    """Train every side of one configuration for the same steps, alternating; return rates, ratios and losses."""
+    from dataprep.tokenize import load_tokens
+
+    root = Path(tempfile.mkdtemp(prefix=f"genpipe-vs-minimal-{name}-"))
+    try:
+        params = prepare(root, overrides | ({"train.max_steps": steps} if steps else {}))
+        meta = json.loads((params.preprocess.out_dir / "meta.json").read_text())
+        make = {"product": lambda: product_side(params), "minimal": lambda: minimal_side(params, meta),
+                "hf": lambda: hf_side(params, meta)}
+        built = [make[s]() for s in sides]
+        total = params.train.max_steps
+        rates: dict[str, list[float]] = {s.name: [] for s in built}
+        losses: dict[str, list[float]] = {s.name: [] for s in built}
+        step, r, t0 = 0, 0, time.perf_counter()
+        while step < total:
+            n = min(block_steps, total - step)
+            order = built[r % len(built):] + built[: r % len(built)]
+            for side in order:
+                start = time.perf_counter()
+                last = None
+                for i in range(step, step + n):
+                    last = side.step(i)
+                loss = float(last)  # one host read per block, inside the timed block
+                if step >= warmup:  # the first blocks allocate, warm caches and fault pages in
+                    rates[side.name].append(n * side.tokens_per_step / (time.perf_counter() - start))
+                losses[side.name].append(loss)
+            step, r = step + n, r + 1
+            if r % 20 == 0:
+                log.info("%s: step %d/%d, %.0f s; losses %s", name, step, total, time.perf_counter() - t0,
+                         {k: round(v[-1], 3) for k, v in losses.items()})
+        val = load_tokens(params.preprocess.out_dir, "val")
+        block = params.model.gpt.block_size
+        scored = {s.name: window_losses(s, val, block) for s in built}
+        row: dict[str, Any] = {
+            "config": name, "overrides": overrides, "steps": total, "block_steps": block_steps,
+            "warmup_steps_untimed": warmup, "vocab_size": meta["vocab_size"], "tokenizer": meta.get("tokenizer"),
+            "tokens_per_step": built[0].tokens_per_step, "val_windows": int(len(scored[built[0].name])),
+            "val_tokens_scored": int(len(scored[built[0].name]) * block), "seconds": round(time.perf_counter() - t0, 1),
+            "sides": {},
+        }
+        for s in built:
+            row["sides"][s.name] = {
+                "tokens_per_second": round(statistics.median(rates[s.name]), 1),
+                "blocks": len(rates[s.name]),
+                "final_train_loss": round(losses[s.name][-1], 4),
+                "val_loss_nats": round(float(scored[s.name].mean()), 4),
+                **s.detail,
+            }
+        if "product" in rates:
+            for other in (s.name for s in built if s.name != "product"):
+                ratios = [a / b for a, b in zip(rates["product"], rates[other])]
+                q1, _, q3 = statistics.quantiles(ratios, n=4)
+                diff = scored["product"] - scored[other]
+                row[f"product_over_{other}"] = {
+                    "ratio_median": round(statistics.median(ratios), 3), "interquartile": [round(q1, 3), round(q3, 3)],
+                    "val_loss_difference": round(float(diff.mean()), 4),
+                    "val_loss_difference_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)}
+        log.info("%s: %s", name, json.dumps({k: v for k, v in row.items() if k.startswith(("sides", "product_"))}))
+        return row
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("transformers", "tasks", "httpx", "dataprep", "training"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--sides", nargs="+", default=["product", "minimal", "hf"], choices=["product", "minimal", "hf"])
+    parser.add_argument("--steps", type=int, help="train this many steps instead of the config's (a quick look; "
+                        "the result goes to the temporary directory)")
+    parser.add_argument("--block-steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--warmup", type=int, default=20, help="first steps left out of the rates")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = Result("train_vs_minimal")
+    rows = [run_config(c, CONFIGS[c], args.sides, args.steps, args.block_steps, args.warmup) for c in args.configs]
+    figures = {"rows": rows, "torch_threads": torch.get_num_threads(), "loadavg_end": load_averages()}
+    if args.steps:
+        out = Path(tempfile.gettempdir()) / "train_vs_minimal.quick.json"
+        out.write_text(json.dumps(figures, indent=2) + "\n")
+        log.info("wrote %s", out)
+    else:
+        result.write(figures)
+
+
+if __name__ == "__main__":
+    main()
