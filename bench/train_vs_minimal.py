@@ -1,11 +1,13 @@
 """The product's GPT trainer against a minimal GPT trainer written for speed (bench/minimal_gpt.py), and against a
 bare loop around Hugging Face's `GPT2LMHeadModel`: tokens/s and validation loss at equal steps, in one process.
 
-Two configurations:
+Configurations:
 - `small-cpu-char`: the minimal trainers' own small CPU config: char-level tokens, 4 layers, 4 heads, 128 dims,
   block 64, batch 12, dropout 0, lr 1e-3 with 100 warm-up steps and cosine to 1e-4, betas (0.9, 0.99), weight
   decay 0.1, clip 1.0, 2,000 steps, fp32;
-- `default`: params.yaml as it is (byte-level BPE 2,048, block 128, batch 16, dropout 0.1, 600 steps).
+- `default`: params.yaml as it is (byte-level BPE 2,048, block 128, batch 16, dropout 0.1, 600 steps);
+- `lstm-char`, `dcgan`: the product's LSTM (char-level) and DCGAN (embedded digits, 400 steps) against the plain
+  PyTorch loops of bench/minimal_rnn_dcgan.py (no bare-HF side; the GAN gets no validation score).
 
 Each configuration prepares its data with the real ingest/clean/preprocess stages on the default corpus, then every
 side trains from the same seed for the same number of steps with the same lr schedule (`training.trainer.lr_at`),
@@ -18,8 +20,9 @@ without fit's periodic validation and checkpoints. After the last step each side
 held-out tokens: every non-overlapping window of block_size + 1 tokens of the validation split; reported as mean
 nats per token, and the product's paired difference to each other side with its standard error over windows.
 
-Usage: python bench/train_vs_minimal.py [--configs small-cpu-char default] [--sides product minimal hf]
-       [--steps N] [--threads N]    (writes bench/results/train_vs_minimal.json unless --steps shortens the runs)
+Usage: python bench/train_vs_minimal.py [--configs small-cpu-char default lstm-char dcgan]
+       [--sides product minimal hf] [--steps N] [--threads N] [--result NAME]
+       (writes bench/results/NAME.json, default train_vs_minimal, unless --steps shortens the runs)
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger("bench.train_vs_minimal")
 
-from bench.common import Result, load_averages  # noqa: E402
+from bench.common import Result, commit_of, load_averages  # noqa: E402
 
 CONFIGS = {
     "small-cpu-char": {"preprocess.tokenizer": "char", "model.gpt.n_layer": 4, "model.gpt.n_head": 4,
@@ -57,7 +60,11 @@ CONFIGS = {
                        "train.min_lr_ratio": 0.1, "train.beta2": 0.99, "train.weight_decay": 0.1,
                        "train.grad_clip": 1.0, "train.max_steps": 2000, "train.precision": "fp32"},
     "default": {"train.precision": "fp32"},
+    # the other families where a reference is a few lines (bench/minimal_rnn_dcgan.py): the product's defaults
+    "lstm-char": {"preprocess.tokenizer": "char", "model.name": "lstm", "train.precision": "fp32"},
+    "dcgan": {"model.name": "dcgan", "model.dcgan.train.max_steps": 400, "train.precision": "fp32"},
 }
+SIDES = {"gpt": ("product", "minimal", "hf"), "lstm": ("product", "minimal"), "dcgan": ("product", "minimal")}
 SCORE_BATCH = 32
 
 
@@ -94,17 +101,24 @@ def product_side(params: Any) -> Side:
     cfg = trainer.cfg
 
     def logits(x: torch.Tensor) -> torch.Tensor:
-        return model(x)
+        out = model(x)
+        return out[0] if isinstance(out, tuple) else out  # recurrent models also return their state
 
-    detail = {"attn_implementation": model.net.config._attn_implementation if hasattr(model, "net") else "own",
-              "activation": str(model.net.config.activation_function) if hasattr(model, "net") else "own",
+    detail = {"attn_implementation": model.net.config._attn_implementation if hasattr(model, "net") else None,
+              "activation": str(model.net.config.activation_function) if hasattr(model, "net") else None,
               "n_params": model.n_params()}
-    return Side("product", lambda i: trainer.step(i)["loss"], logits, model, cfg.batch_size * cfg.grad_accum * model.block_size, detail)
+    per_step = cfg.batch_size * cfg.grad_accum * (1 if trainer.image else model.block_size)
+    return Side("product", lambda i: trainer.step(i)["loss"], logits, model, per_step, detail)
 
 
 def minimal_side(params: Any, meta: dict) -> Side:
-    from bench.minimal_gpt import MinimalTrainer
     from training.trainer import lr_at
+
+    if params.model.name == "lstm":
+        return minimal_lstm_side(params, meta)
+    if params.model.name == "dcgan":
+        return minimal_dcgan_side(params, meta)
+    from bench.minimal_gpt import MinimalTrainer
 
     cfg, hp = params.train, params.model.gpt
     ref = MinimalTrainer(params.preprocess.out_dir, meta["vocab_size"], hp.block_size, hp.n_layer, hp.n_head,
@@ -113,6 +127,34 @@ def minimal_side(params: Any, meta: dict) -> Side:
     n_params = sum(p.numel() for p in ref.model.parameters())
     return Side("minimal", lambda i: ref.step(lr_at(i, cfg)), ref.model, ref.model,
                 cfg.batch_size * hp.block_size, {"n_params": n_params})
+
+
+def minimal_lstm_side(params: Any, meta: dict) -> Side:
+    from bench.minimal_rnn_dcgan import MinimalLSTMTrainer
+    from training.trainer import lr_at
+
+    cfg, hp = params.train, params.model.lstm
+    ref = MinimalLSTMTrainer(params.preprocess.out_dir, "lstm", meta["vocab_size"], hp.n_layer, hp.n_embd,
+                             hp.n_hidden, hp.dropout, hp.block_size, cfg.batch_size, cfg.lr, (cfg.beta1, cfg.beta2),
+                             cfg.weight_decay, cfg.grad_clip, cfg.seed)
+    return Side("minimal", lambda i: ref.step(lr_at(i, cfg)), lambda x: ref.model(x)[0], ref.model,
+                cfg.batch_size * hp.block_size, {"n_params": sum(p.numel() for p in ref.model.parameters())})
+
+
+def minimal_dcgan_side(params: Any, meta: dict) -> Side:
+    from bench.minimal_rnn_dcgan import MinimalDCGANStep
+    from dataprep.tokenize import load_images
+    from models.dcgan import DCGAN, DCGANConfig
+    from training.trainer import lr_at
+
+    cfg, hp = params.train, params.model.dcgan
+    torch.manual_seed(cfg.seed)
+    nets = DCGAN(DCGANConfig(image_size=meta["image_size"], channels=meta["channels"], n_z=hp.n_z, ngf=hp.ngf,
+                             ndf=hp.ndf))  # the product's architecture and init; the loop is the reference's
+    images, _ = load_images(params.preprocess.out_dir, "train")
+    ref = MinimalDCGANStep(nets.G, nets.D, images, hp.n_z, cfg.batch_size, cfg.lr, (cfg.beta1, cfg.beta2), cfg.seed)
+    return Side("minimal", lambda i: ref.step(lr_at(i, cfg)), None, nets, cfg.batch_size,
+                {"n_params": sum(p.numel() for p in nets.parameters())})
 
 
 def hf_side(params: Any, meta: dict) -> Side:
@@ -177,7 +219,7 @@ def run_config(name: str, overrides: dict, sides: list[str], steps: int | None, 
         meta = json.loads((params.preprocess.out_dir / "meta.json").read_text())
         make = {"product": lambda: product_side(params), "minimal": lambda: minimal_side(params, meta),
                 "hf": lambda: hf_side(params, meta)}
-        built = [make[s]() for s in sides]
+        built = [make[s]() for s in sides if s in SIDES[params.model.name]]
         total = params.train.max_steps
         rates: dict[str, list[float]] = {s.name: [] for s in built}
         losses: dict[str, list[float]] = {s.name: [] for s in built}
@@ -198,33 +240,38 @@ def run_config(name: str, overrides: dict, sides: list[str], steps: int | None, 
             if r % 20 == 0:
                 log.info("%s: step %d/%d, %.0f s; losses %s", name, step, total, time.perf_counter() - t0,
                          {k: round(v[-1], 3) for k, v in losses.items()})
-        val = load_tokens(params.preprocess.out_dir, "val")
-        block = params.model.gpt.block_size
-        scored = {s.name: window_losses(s, val, block) for s in built}
+        image = params.model.name == "dcgan"  # a GAN's losses rank nothing: no validation scores
+        val = None if image else load_tokens(params.preprocess.out_dir, "val")
+        block = None if image else params.model.hparams.block_size
+        scored = {} if image else {s.name: window_losses(s, val, block) for s in built}
         row: dict[str, Any] = {
             "config": name, "overrides": overrides, "steps": total, "block_steps": block_steps,
-            "warmup_steps_untimed": warmup, "vocab_size": meta["vocab_size"], "tokenizer": meta.get("tokenizer"),
-            "tokens_per_step": built[0].tokens_per_step, "val_windows": int(len(scored[built[0].name])),
-            "val_tokens_scored": int(len(scored[built[0].name]) * block), "seconds": round(time.perf_counter() - t0, 1),
+            "warmup_steps_untimed": warmup, "vocab_size": meta.get("vocab_size"), "tokenizer": meta.get("tokenizer"),
+            ("images_per_step" if image else "tokens_per_step"): built[0].tokens_per_step,
+            "val_windows": None if image else int(len(scored[built[0].name])),
+            "val_tokens_scored": None if image else int(len(scored[built[0].name]) * block),
+            "seconds": round(time.perf_counter() - t0, 1),
             "sides": {},
         }
         for s in built:
             row["sides"][s.name] = {
-                "tokens_per_second": round(statistics.median(rates[s.name]), 1),
+                ("images_per_second" if image else "tokens_per_second"): round(statistics.median(rates[s.name]), 1),
                 "blocks": len(rates[s.name]),
                 "final_train_loss": round(losses[s.name][-1], 4),
-                "val_loss_nats": round(float(scored[s.name].mean()), 4),
+                "val_loss_nats": None if image else round(float(scored[s.name].mean()), 4),
                 **s.detail,
             }
         if "product" in rates:
             for other in (s.name for s in built if s.name != "product"):
                 ratios = [a / b for a, b in zip(rates["product"], rates[other])]
                 q1, _, q3 = statistics.quantiles(ratios, n=4)
-                diff = scored["product"] - scored[other]
                 row[f"product_over_{other}"] = {
-                    "ratio_median": round(statistics.median(ratios), 3), "interquartile": [round(q1, 3), round(q3, 3)],
-                    "val_loss_difference": round(float(diff.mean()), 4),
-                    "val_loss_difference_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)}
+                    "ratio_median": round(statistics.median(ratios), 3), "interquartile": [round(q1, 3), round(q3, 3)]}
+                if not image:
+                    diff = scored["product"] - scored[other]
+                    row[f"product_over_{other}"] |= {
+                        "val_loss_difference": round(float(diff.mean()), 4),
+                        "val_loss_difference_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)}
         log.info("%s: %s", name, json.dumps({k: v for k, v in row.items() if k.startswith(("sides", "product_"))}))
         return row
     finally:
@@ -243,10 +290,11 @@ def main() -> None:
     parser.add_argument("--block-steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--warmup", type=int, default=20, help="first steps left out of the rates")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--result", default="train_vs_minimal", help="result file name in bench/results")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = Result("train_vs_minimal")
+    result = Result(args.result)
     rows = [run_config(c, CONFIGS[c], args.sides, args.steps, args.block_steps, args.warmup) for c in args.configs]
     figures = {"rows": rows, "torch_threads": torch.get_num_threads(), "loadavg_end": load_averages()}
     if args.steps:
@@ -254,7 +302,7 @@ def main() -> None:
         out.write_text(json.dumps(figures, indent=2) + "\n")
         log.info("wrote %s", out)
     else:
-        result.write(figures)
+        result.write(figures, commit_of(REPO))
 
 
 if __name__ == "__main__":

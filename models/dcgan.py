@@ -162,26 +162,33 @@ class DCGAN(ImageGenerator):
 
     def train_step(self, micro_batches: Sequence[tuple[Tensor, Tensor]], opt: Optimization) -> dict[str, Tensor]:
         """Step the discriminator, then the generator, each on the gradient of its loss averaged over
-        `micro_batches`. Fake labels, for a conditional model, are those of the real micro-batch."""
+        `micro_batches`. Each micro-batch's fakes are generated once, with their graph: the discriminator learns
+        from them detached, then the generator's loss is taken on the same fakes through the updated
+        discriminator (as the reference DCGAN loop does: one generator forward per step, not two). Fake labels,
+        for a conditional model, are those of the real micro-batch."""
         n = len(micro_batches)
         d_loss = d_real = d_fake = g_loss = 0.0
+        fakes = []
 
         # 1. discriminator: reals -> 1, fakes -> 0. Clearing first guarantees it sees no gradient but this loss's.
         self.D.zero_grad(set_to_none=True)
         for x, y in micro_batches:
             with opt.autocast():
-                loss, real_logits, fake_logits = self._discriminator_loss(x, y)
+                fake = self.G(self._noise(x.size(0), x.device), y)  # (B, C, S, S), kept for the generator's step
+                real_logits, fake_logits = self.D(x, y), self.D(fake.detach(), y)
+                loss = _bce(real_logits, 1.0) + _bce(fake_logits, 0.0)
             opt.backward(loss / n)
+            fakes.append(fake)
             d_loss = d_loss + loss.detach() / n  # device tensors: no host sync per step
             d_real = d_real + torch.sigmoid(real_logits.detach().float()).mean() / n
             d_fake = d_fake + torch.sigmoid(fake_logits.detach().float()).mean() / n
         opt.step("discriminator")
 
-        # 2. generator: non-saturating loss -log D(G(z)) on fresh noise; D is frozen so it keeps no gradient.
+        # 2. generator: non-saturating loss -log D(G(z)); D is frozen so it keeps no gradient.
         with _frozen(self.D):
-            for x, y in micro_batches:
+            for (_, y), fake in zip(micro_batches, fakes):
                 with opt.autocast():
-                    loss = _bce(self.D(self.G(self._noise(x.size(0), x.device), y), y), 1.0)
+                    loss = _bce(self.D(fake, y), 1.0)
                 opt.backward(loss / n)
                 g_loss = g_loss + loss.detach() / n
         opt.step("generator")
