@@ -78,6 +78,14 @@ class MinimalGPT(nn.Module):
         return self.head(self.ln_f(x))
 
 
+def fused_adamw(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
+    """Fused AdamW decaying matrices only (not biases and norm gains)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": other, "weight_decay": 0.0}], lr=lr, betas=betas, fused=True)
+
+
 class MinimalTrainer:
     """The reference's training loop on `train.npy` of a preprocess output directory."""
 
@@ -86,10 +94,7 @@ class MinimalTrainer:
                  grad_clip: float, seed: int) -> None:
         torch.manual_seed(seed)
         self.model = MinimalGPT(vocab_size, block_size, n_layer, n_head, n_embd, dropout).train()
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        other = [p for p in self.model.parameters() if p.dim() < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                      {"params": other, "weight_decay": 0.0}], lr=lr, betas=betas, fused=True)
+        self.opt = fused_adamw(self.model, lr, betas, weight_decay)
         self.data = np.load(data_dir / "train.npy", mmap_mode="r")
         self.gen = torch.Generator().manual_seed(seed)
         self.block_size, self.batch_size, self.grad_clip = block_size, batch_size, grad_clip

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.minimal_gpt import fused_adamw
+
 
 class MinimalLSTM(nn.Module):
     def __init__(self, cell: str, vocab_size: int, n_layer: int, n_embd: int, n_hidden: int, dropout: float) -> None:
@@ -38,10 +40,7 @@ class MinimalLSTMTrainer:
                  weight_decay: float, grad_clip: float, seed: int) -> None:
         torch.manual_seed(seed)
         self.model = MinimalLSTM(cell, vocab_size, n_layer, n_embd, n_hidden, dropout).train()
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        other = [p for p in self.model.parameters() if p.dim() < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                      {"params": other, "weight_decay": 0.0}], lr=lr, betas=betas, fused=True)
+        self.opt = fused_adamw(self.model, lr, betas, weight_decay)
         data = np.load(data_dir / "train.npy", mmap_mode="r")
         per_stream = (len(data) - 1) // batch_size
         self.streams = np.stack([data[b * per_stream : (b + 1) * per_stream + 1] for b in range(batch_size)])

@@ -120,23 +120,29 @@ def product_loop(data: dict, root: Path, overrides: dict, schedule: Callable[[in
     return Loop("product", step, model, cfg.batch_size * cfg.grad_accum * model.block_size, trainer=trainer)
 
 
-def bare_loop(data: dict, root: Path, overrides: dict, schedule: Callable[[int], float] | None = None) -> Loop:
-    """A ten-line PyTorch loop on the same config, data, batch and optimizer settings."""
+def bare_hf_model(params: Any, meta: dict) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """`GPT2LMHeadModel` of the params' GPT config with transformers' defaults, and torch's default AdamW, seeded
+    with train.seed: what a ten-line loop trains."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from config.params import apply_overrides, parse_params
-    from training.trainer import lr_at
-
-    params = parse_params(apply_overrides(data, overrides), root)
     cfg, hp = params.train, params.model.gpt
-    meta = json.loads((params.preprocess.out_dir / "meta.json").read_text())
-    block, batch = hp.block_size, cfg.batch_size
     torch.manual_seed(cfg.seed)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=meta["vocab_size"], n_positions=block, n_embd=hp.n_embd,
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=meta["vocab_size"], n_positions=hp.block_size, n_embd=hp.n_embd,
                                        n_layer=hp.n_layer, n_head=hp.n_head, resid_pdrop=hp.dropout,
                                        embd_pdrop=hp.dropout, attn_pdrop=hp.dropout)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay)
+    return model, opt
+
+
+def bare_loop(data: dict, root: Path, overrides: dict, schedule: Callable[[int], float] | None = None) -> Loop:
+    """A ten-line PyTorch loop on the same config, data, batch and optimizer settings."""
+    from config.params import apply_overrides, parse_params
+    from training.trainer import lr_at
+
+    params = parse_params(apply_overrides(data, overrides), root)
+    cfg, block, batch = params.train, params.model.gpt.block_size, params.train.batch_size
+    model, opt = bare_hf_model(params, json.loads((params.preprocess.out_dir / "meta.json").read_text()))
     tokens = np.load(params.preprocess.out_dir / "train.npy", mmap_mode="r")
     gen = torch.Generator().manual_seed(cfg.seed)
 

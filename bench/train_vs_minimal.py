@@ -159,18 +159,11 @@ def minimal_dcgan_side(params: Any, meta: dict) -> Side:
 
 def hf_side(params: Any, meta: dict) -> Side:
     """The bare Hugging Face loop: `GPT2LMHeadModel` with transformers' defaults, torch's default AdamW."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+    from bench.train_throughput import bare_hf_model
     from training.trainer import lr_at
 
-    cfg, hp = params.train, params.model.gpt
-    block, batch = hp.block_size, cfg.batch_size
-    torch.manual_seed(cfg.seed)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=meta["vocab_size"], n_positions=block, n_embd=hp.n_embd,
-                                       n_layer=hp.n_layer, n_head=hp.n_head, resid_pdrop=hp.dropout,
-                                       embd_pdrop=hp.dropout, attn_pdrop=hp.dropout)).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            weight_decay=cfg.weight_decay)
+    cfg, block, batch = params.train, params.model.gpt.block_size, params.train.batch_size
+    model, opt = bare_hf_model(params, meta)
     tokens = np.load(params.preprocess.out_dir / "train.npy", mmap_mode="r")
     gen = torch.Generator().manual_seed(cfg.seed)
 
