@@ -38,3 +38,12 @@ def test_bf16_on_cpu_trains_in_bfloat16_with_float32_weights(staged):
 def test_bf16_train_stage_records_its_precision_and_a_finite_validation_loss(staged):
     metrics = train(staged(train={"precision": "bf16", "device": "cpu", "max_steps": 20, "eval_interval": 10}))
     assert metrics["precision"] == "bf16" and math.isfinite(metrics["best_val_loss"])
+
+
+def test_train_compile_true_compiles_the_step_and_trains_the_same_model_on_cpu(staged):
+    eager = Trainer(staged(train={"compile": False, "device": "cpu"}))
+    compiled = Trainer(staged(train={"compile": True, "device": "cpu"}))
+    assert compiled.compiled and not eager.compiled
+    assert all(part._compiled_call_impl is not None for part in compiled.model.compile_targets())
+    losses = [(float(eager.step(i)["loss"]), float(compiled.step(i)["loss"])) for i in range(3)]
+    assert all(abs(a - b) < 1e-3 * a for a, b in losses)  # same maths, other kernels
