@@ -20,8 +20,15 @@ without fit's periodic validation and checkpoints. After the last step each side
 held-out tokens: every non-overlapping window of block_size + 1 tokens of the validation split; reported as mean
 nats per token, and the product's paired difference to each other side with its standard error over windows.
 
+With `--profile N`, after the timed run each side runs N more steps under `torch.profiler` (one side after the
+other, after the timed ones so they do not perturb them): self CPU time per step by kind of kernel (matrix
+products, attention, activation, layer norm, optimizer and clipping, the rest) and the matrix products' GFLOP/s
+from the profiler's FLOP counts: where the time goes, side by side, and how close the matrix products are to what
+one core can do. Self time of the autograd engine and Python-side module calls falls in "other", as does the
+profiler's own cost.
+
 Usage: python bench/train_vs_minimal.py [--configs small-cpu-char default lstm-char dcgan]
-       [--sides product minimal hf] [--steps N] [--threads N] [--result NAME]
+       [--sides product minimal hf] [--steps N] [--threads N] [--profile N] [--result NAME]
        (writes bench/results/NAME.json, default train_vs_minimal, unless --steps shortens the runs)
 """
 
@@ -184,6 +191,47 @@ def hf_side(params: Any, meta: dict) -> Side:
                 {"n_params": sum(p.numel() for p in model.parameters())})
 
 
+KERNEL_KINDS = (  # (kind, aten op name prefixes), first match wins; the rest is "other"
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+    ("attention", ("aten::_scaled_dot_product", "aten::_flash_attention")),
+    ("convolution", ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d",
+                     "aten::_convolution", "aten::mkldnn_convolution_backward")),
+    ("recurrent", ("aten::mkldnn_rnn", "aten::_thnn_fused", "aten::lstm", "aten::gru")),
+    ("activation", ("aten::gelu", "aten::tanh", "aten::sigmoid", "aten::leaky_relu", "aten::relu")),
+    ("norm", ("aten::native_layer_norm", "aten::native_batch_norm", "aten::_batch_norm")),
+    ("optimizer", ("aten::_fused_adam", "aten::_foreach", "aten::linalg_vector_norm", "Optimizer.")),
+)
+
+
+def kernel_kind(op: str) -> str:
+    return next((kind for kind, prefixes in KERNEL_KINDS if op.startswith(prefixes)), "other")
+
+
+def profile_side(side: Side, first_step: int, steps: int) -> dict[str, Any]:
+    """Run `steps` updates of `side` under torch.profiler; return self CPU ms per step by kernel kind and the
+    matrix products' GFLOP/s (FLOPs as the profiler counts them for mm/addmm/bmm)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        last = None
+        for i in range(first_step, first_step + steps):
+            last = side.step(i)
+        float(last)
+    ms: dict[str, float] = {kind: 0.0 for kind, _ in KERNEL_KINDS} | {"other": 0.0}
+    matmul_us, matmul_flops = 0.0, 0
+    for event in prof.key_averages():
+        kind = kernel_kind(event.key)
+        ms[kind] += event.self_cpu_time_total / 1e3 / steps
+        if kind == "matmul":
+            matmul_us += event.self_cpu_time_total
+            matmul_flops += event.flops or 0
+    total = sum(ms.values())
+    return {"steps": steps, "self_cpu_ms_per_step": {k: round(v, 2) for k, v in ms.items()},
+            "total_ms_per_step": round(total, 2),
+            "share": {k: round(v / total, 3) for k, v in ms.items()},
+            "matmul_gflops_per_s": round(matmul_flops / matmul_us / 1e3, 1) if matmul_us else None}
+
+
 def window_losses(side: Side, tokens: np.ndarray, block_size: int) -> np.ndarray:
     """Mean nats per token of each non-overlapping (block_size + 1)-token window of `tokens`."""
     n = (len(tokens) - 1) // block_size
@@ -202,7 +250,7 @@ def window_losses(side: Side, tokens: np.ndarray, block_size: int) -> np.ndarray
 
 
 def run_config(name: str, overrides: dict, sides: list[str], steps: int | None, block_steps: int,
-               warmup: int) -> dict:
+               warmup: int, profile_steps: int = 0) -> dict:
     """Train every side of one configuration for the same steps, alternating; return rates, ratios and losses."""
     from dataprep.tokenize import load_tokens
 
@@ -265,7 +313,10 @@ def run_config(name: str, overrides: dict, sides: list[str], steps: int | None, 
                     row[f"product_over_{other}"] |= {
                         "val_loss_difference": round(float(diff.mean()), 4),
                         "val_loss_difference_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)}
-        log.info("%s: %s", name, json.dumps({k: v for k, v in row.items() if k.startswith(("sides", "product_"))}))
+        if profile_steps:
+            row["profile"] = {s.name: profile_side(s, total, profile_steps) for s in built}
+        log.info("%s: %s", name, json.dumps({k: v for k, v in row.items() if k.startswith(("sides", "product_",
+                                                                                          "profile"))}))
         return row
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -282,13 +333,16 @@ def main() -> None:
                         "the result goes to the temporary directory)")
     parser.add_argument("--block-steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--warmup", type=int, default=20, help="first steps left out of the rates")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after the timed run, profile N more steps of each side (kernel time by kind)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--result", default="train_vs_minimal", help="result file name in bench/results")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     result = Result(args.result)
-    rows = [run_config(c, CONFIGS[c], args.sides, args.steps, args.block_steps, args.warmup) for c in args.configs]
+    rows = [run_config(c, CONFIGS[c], args.sides, args.steps, args.block_steps, args.warmup, args.profile)
+            for c in args.configs]
     figures = {"rows": rows, "torch_threads": torch.get_num_threads(), "loadavg_end": load_averages()}
     if args.steps:
         out = Path(tempfile.gettempdir()) / "train_vs_minimal.quick.json"
