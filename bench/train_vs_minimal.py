@@ -22,10 +22,11 @@ nats per token, and the product's paired difference to each other side with its 
 
 With `--profile N`, after the timed run each side runs N more steps under `torch.profiler` (one side after the
 other, after the timed ones so they do not perturb them): self CPU time per step by kind of kernel (matrix
-products, attention, activation, layer norm, optimizer and clipping, the rest) and the matrix products' GFLOP/s
-from the profiler's FLOP counts: where the time goes, side by side, and how close the matrix products are to what
-one core can do. Self time of the autograd engine and Python-side module calls falls in "other", as does the
-profiler's own cost.
+products, attention, convolution, recurrent, activation, norm, optimizer and clipping, the rest) and the matrix
+products' GFLOP/s from the profiler's FLOP counts, beside what the BLAS reaches on large square products at the
+same thread count (`gemm_ceiling_gflops_per_s`): where the time goes, side by side, and how much of it is kernels
+already near the machine's ceiling. Self time of the autograd engine and of Python-side module calls falls in
+"other", as does the profiler's own cost.
 
 Usage: python bench/train_vs_minimal.py [--configs small-cpu-char default lstm-char dcgan]
        [--sides product minimal hf] [--steps N] [--threads N] [--profile N] [--result NAME]
@@ -232,6 +233,18 @@ def profile_side(side: Side, first_step: int, steps: int) -> dict[str, Any]:
             "matmul_gflops_per_s": round(matmul_flops / matmul_us / 1e3, 1) if matmul_us else None}
 
 
+def gemm_ceiling(n: int = 1024, repeats: int = 20) -> float:
+    """GFLOP/s of torch's float32 (n, n) @ (n, n) at the current thread count, best of `repeats`: what the BLAS does
+    on this machine when shapes are no obstacle, the yardstick for the training step's matrix products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return round(2 * n**3 / best / 1e9, 1)
+
+
 def window_losses(side: Side, tokens: np.ndarray, block_size: int) -> np.ndarray:
     """Mean nats per token of each non-overlapping (block_size + 1)-token window of `tokens`."""
     n = (len(tokens) - 1) // block_size
@@ -315,6 +328,7 @@ def run_config(name: str, overrides: dict, sides: list[str], steps: int | None, 
                         "val_loss_difference_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)}
         if profile_steps:
             row["profile"] = {s.name: profile_side(s, total, profile_steps) for s in built}
+            row["profile"]["gemm_ceiling_gflops_per_s"] = gemm_ceiling()
         log.info("%s: %s", name, json.dumps({k: v for k, v in row.items() if k.startswith(("sides", "product_",
                                                                                           "profile"))}))
         return row
