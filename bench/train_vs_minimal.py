@@ -210,27 +210,27 @@ def kernel_kind(op: str) -> str:
 
 def profile_side(side: Side, first_step: int, steps: int) -> dict[str, Any]:
     """Run `steps` updates of `side` under torch.profiler; return self CPU ms per step by kernel kind and the
-    matrix products' GFLOP/s (FLOPs as the profiler counts them for mm/addmm/bmm)."""
+    matrix products' GFLOP/s. The FLOPs come from one more step profiled with shapes (`with_flops`), which is
+    left out of the times: recording shapes costs more than some of the kernels it records."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as counted:
+        float(side.step(first_step))
+    matmul_flops = sum(e.flops or 0 for e in counted.key_averages() if kernel_kind(e.key) == "matmul")
+    del counted
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         last = None
-        for i in range(first_step, first_step + steps):
+        for i in range(first_step + 1, first_step + 1 + steps):
             last = side.step(i)
         float(last)
     ms: dict[str, float] = {kind: 0.0 for kind, _ in KERNEL_KINDS} | {"other": 0.0}
-    matmul_us, matmul_flops = 0.0, 0
     for event in prof.key_averages():
-        kind = kernel_kind(event.key)
-        ms[kind] += event.self_cpu_time_total / 1e3 / steps
-        if kind == "matmul":
-            matmul_us += event.self_cpu_time_total
-            matmul_flops += event.flops or 0
+        ms[kernel_kind(event.key)] += event.self_cpu_time_total / 1e3 / steps
     total = sum(ms.values())
     return {"steps": steps, "self_cpu_ms_per_step": {k: round(v, 2) for k, v in ms.items()},
             "total_ms_per_step": round(total, 2),
             "share": {k: round(v / total, 3) for k, v in ms.items()},
-            "matmul_gflops_per_s": round(matmul_flops / matmul_us / 1e3, 1) if matmul_us else None}
+            "matmul_gflops_per_s": round(matmul_flops / ms["matmul"] / 1e6, 1) if ms["matmul"] else None}
 
 
 def gemm_ceiling(n: int = 1024, repeats: int = 20) -> float:
