@@ -5,6 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0   # installed first: any other spec pulls multi-GB CUDA wheels on CPU machines
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_WORKERS ?= 2   # pytest-xdist workers, one test file each at a time (more on bigger machines)
 
 # The venv's bin first: DVC stages run `python`, and `mlflow models serve` execs uvicorn from PATH.
 export PATH := $(BIN):$(PATH)
@@ -38,8 +39,8 @@ deploy: setup  ## apply the Prefect deployments and run them (needs PREFECT_API_
 prefect-server: setup  ## the Prefect server and UI on http://127.0.0.1:4200
 	prefect server start
 
-test: setup  ## the whole suite: unit, stage and end-to-end tests
-	python -m pytest
+test: setup  ## the whole suite: unit, stage and end-to-end tests, TEST_WORKERS files at a time
+	python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup  ## unit and stage tests only
 	python -m pytest tests/unit tests/stages

@@ -3,10 +3,11 @@ one line in the flow run's log and state message, never a traceback (unless GENP
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cli.stage import DEBUG_ENV
@@ -56,13 +57,32 @@ def quiet_expected_errors() -> None:
             logger.addFilter(_NoTraceback())
 
 
+EPHEMERAL_STARTUP_S = 120  # Prefect's default, 20 s, is too short on a loaded 2-core machine
+
+
+@contextlib.contextmanager
+def _patient_local_server() -> Iterator[None]:
+    """Without PREFECT_API_URL a flow starts a local Prefect server for its run and gives up after 20 s; on a busy
+    machine it takes longer than that, and the run would fail before it began. Wait up to EPHEMERAL_STARTUP_S
+    unless the user chose a value (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as timeout
+    from prefect.settings import temporary_settings
+
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ or timeout.value() != 20:
+        yield
+        return
+    with temporary_settings(updates={timeout: EPHEMERAL_STARTUP_S}):
+        yield
+
+
 def run_cli(label: str, call: Callable[[], Any]) -> Any:
     """Run a flow's command line: logging set up, expected failures as `error: <label>: ...` and a non-zero exit."""
     from cli.stage import setup_logging
 
     setup_logging()
     try:
-        return call()
+        with _patient_local_server():
+            return call()
     except (UserError, FlowError) as exc:
         if os.environ.get(DEBUG_ENV):
             raise

@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default=None, metavar="PATH", help="the params file (default: params.yaml here)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     path = args.params or args.params_path or PARAMS_FILE
-    run_cli("pipeline", lambda: load_params(path))  # a missing or bad params file: one line, no Prefect started
+    params = run_cli("pipeline", lambda: load_params(path))  # a missing or bad params file: one line, no Prefect
+    from runtime.lock import ensure_free
+
+    run_cli("pipeline", lambda: ensure_free(params.root))  # a busy workspace: one line before Prefect starts up
     run_cli("pipeline", lambda: pipeline(path))
 
 

@@ -44,6 +44,27 @@ def describe_holder(info: dict) -> str:
     return f"{info.get('what', 'a run')} (pid {info.get('pid', '?')}, since {since})"
 
 
+def ensure_free(root: Path) -> None:
+    """Raise Busy at once if another run holds the workspace lock of `root` (a probe: the lock is not kept). For
+    command lines that would spend time starting up (a Prefect server, say) before taking the lock themselves."""
+    path = Path(root) / LOCK_FILE
+    if not path.exists():
+        return
+    token = os.environ.get(TOKEN_ENV)
+    if token and _holder(path).get("token") == token:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"another run holds the lock on {Path(root).resolve()}: {describe_holder(_holder(path))}; "
+                       "wait for it to finish or stop it") from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def run_lock(root: Path, what: str) -> Iterator[None]:
     """Hold the workspace lock of project `root` for the block; raise Busy at once if another run holds it."""

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from runtime.lock import LOCK_FILE, TOKEN_ENV, Busy, run_lock
+from runtime.lock import LOCK_FILE, TOKEN_ENV, Busy, ensure_free, run_lock
 from tests.conftest import REPO_ROOT
 
 HOLD = """
@@ -46,6 +46,21 @@ def test_a_second_run_stops_at_once_naming_the_holder_and_a_kill_releases_the_lo
         holder.wait()
     with run_lock(tmp_path, "after the kill"):  # the OS released it: nothing stale to clean up
         assert (tmp_path / LOCK_FILE).exists()
+
+
+def test_the_probe_refuses_a_held_workspace_and_leaves_a_free_one_free(tmp_path):
+    ensure_free(tmp_path)  # never locked: no lock file yet
+    holder = hold_in_subprocess(tmp_path)
+    try:
+        with pytest.raises(Busy) as info:
+            ensure_free(tmp_path)
+        assert f"test holder (pid {holder.pid}" in str(info.value)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    ensure_free(tmp_path)
+    with run_lock(tmp_path, "after the probe"):  # the probe kept nothing
+        ensure_free(tmp_path)  # the holder's own process passes
 
 
 def test_processes_started_by_the_holder_pass_through(tmp_path):

@@ -283,3 +283,26 @@ def test_an_explicit_train_override_goes_where_it_takes_effect(tmp_path):
         "model.cdcgan.train.max_steps": 100, "train.nproc": 2, "model.cdcgan.n_z": 8}
     (text,) = _sets(tmp_path, {"model.name": "gpt"})  # gpt has no loop settings of its own
     assert routed({"train.max_steps": 100}, text) == {"train.max_steps": 100}
+
+
+# ------------------------------------------------------------------------------------------------- command lines
+
+
+def _startup_timeout() -> int:
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    return PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+
+
+def test_a_flow_command_line_waits_longer_for_its_local_prefect_server_unless_the_user_chose(monkeypatch):
+    from flows.errors import EPHEMERAL_STARTUP_S, run_cli
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    assert _startup_timeout() == 20  # Prefect's own default, too short on a loaded machine
+    assert run_cli("pipeline", _startup_timeout) == EPHEMERAL_STARTUP_S
+    assert _startup_timeout() == 20  # only for the command's call
+
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 45}):
+        assert run_cli("pipeline", _startup_timeout) == 45
