@@ -86,6 +86,16 @@ def fused_adamw(model: nn.Module, lr: float, betas: tuple[float, float], weight_
                               {"params": other, "weight_decay": 0.0}], lr=lr, betas=betas, fused=True)
 
 
+def update(model: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, grad_clip: float) -> Tensor:
+    """Backward, clip (when grad_clip > 0), step, zero the gradients; return the loss detached (no host sync)."""
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 class MinimalTrainer:
     """The reference's training loop on `train.npy` of a preprocess output directory."""
 
@@ -112,9 +122,4 @@ class MinimalTrainer:
         x, y = self.batch()
         logits = self.model(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
-        loss.backward()
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return loss.detach()
+        return update(self.model, self.opt, loss, self.grad_clip)

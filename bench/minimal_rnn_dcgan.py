@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.minimal_gpt import fused_adamw
+from bench.minimal_gpt import fused_adamw, update
 
 
 class MinimalLSTM(nn.Module):
@@ -58,12 +58,7 @@ class MinimalLSTMTrainer:
         logits, state = self.model(xy[:, :-1], self.state)
         self.state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
         loss = F.cross_entropy(logits.flatten(0, 1), xy[:, 1:].flatten())
-        loss.backward()
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return loss.detach()
+        return update(self.model, self.opt, loss, self.grad_clip)
 
 
 class MinimalDCGANStep:

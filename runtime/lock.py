@@ -44,22 +44,30 @@ def describe_holder(info: dict) -> str:
     return f"{info.get('what', 'a run')} (pid {info.get('pid', '?')}, since {since})"
 
 
+def _started_by_holder(path: Path) -> bool:
+    """Whether this process descends from (or is) the lock's holder: its exported token is the one in the file."""
+    token = os.environ.get(TOKEN_ENV)
+    return bool(token) and _holder(path).get("token") == token
+
+
+def _flock_or_busy(fd: int, root: Path, path: Path) -> None:
+    """Take the exclusive flock on `fd` without waiting; raise Busy naming the holder if another process has it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise Busy(f"another run holds the lock on {Path(root).resolve()}: {describe_holder(_holder(path))}; "
+                   "wait for it to finish or stop it") from None
+
+
 def ensure_free(root: Path) -> None:
     """Raise Busy at once if another run holds the workspace lock of `root` (a probe: the lock is not kept). For
     command lines that would spend time starting up (a Prefect server, say) before taking the lock themselves."""
     path = Path(root) / LOCK_FILE
-    if not path.exists():
-        return
-    token = os.environ.get(TOKEN_ENV)
-    if token and _holder(path).get("token") == token:
+    if not path.exists() or _started_by_holder(path):
         return
     fd = os.open(path, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Busy(f"another run holds the lock on {Path(root).resolve()}: {describe_holder(_holder(path))}; "
-                       "wait for it to finish or stop it") from None
+        _flock_or_busy(fd, root, path)
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
@@ -70,17 +78,12 @@ def run_lock(root: Path, what: str) -> Iterator[None]:
     """Hold the workspace lock of project `root` for the block; raise Busy at once if another run holds it."""
     path = Path(root) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    token = os.environ.get(TOKEN_ENV)
-    if token and _holder(path).get("token") == token:  # started by the holder: already covered
+    if _started_by_holder(path):  # already covered
         yield
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Busy(f"another run holds the lock on {Path(root).resolve()}: {describe_holder(_holder(path))}; "
-                       "wait for it to finish or stop it") from None
+        _flock_or_busy(fd, root, path)
         token = uuid.uuid4().hex
         info = {"what": what, "pid": os.getpid(), "since": time.time(), "token": token}
         os.ftruncate(fd, 0)
