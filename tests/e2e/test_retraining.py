@@ -119,14 +119,13 @@ def test_deployments_on_a_real_prefect_server_run_on_schedule_and_tag_lineage(pr
     with background(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], proj, server_env,
                     server_log):
         wait_until(lambda: requests.get(f"{api}/health", timeout=2).ok, "prefect server health", 180, server_log)
+        names = ("genpipe-pipeline/retrain", "genpipe-experiment/train-on-demand", "genpipe-sweep/sweep")
         with background([sys.executable, "-m", "flows.deploy"], proj, client_env, serve_log) as serving:
-            listed = wait_until(lambda: (out := subprocess.run(["prefect", "deployment", "ls"], env=client_env,
-                                                               capture_output=True, text=True, cwd=proj.root,
-                                                               check=False)
-                                         ).returncode == 0 and "train-on-demand" in out.stdout and out.stdout,
-                                "deployments applied", 120, serve_log)
-            for name in ("genpipe-pipeline/retrain", "genpipe-experiment/train-on-demand", "genpipe-sweep/sweep"):
-                assert name in listed
+            # `serve` applies the deployments one at a time: wait until the CLI lists all three.
+            wait_until(lambda: (out := subprocess.run(["prefect", "deployment", "ls"], env=client_env,
+                                                      capture_output=True, text=True, cwd=proj.root, check=False)
+                                ).returncode == 0 and all(n in out.stdout for n in names),
+                       "deployments applied", 120, serve_log)
             retrain = requests.get(f"{api}/deployments/name/genpipe-pipeline/retrain", timeout=10).json()
             crons = [s["schedule"].get("cron") for s in retrain["schedules"]]
             assert crons == [EVERY_MINUTE]
