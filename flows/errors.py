@@ -68,7 +68,7 @@ def _patient_local_server() -> Iterator[None]:
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as timeout
     from prefect.settings import temporary_settings
 
-    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ or timeout.value() != 20:
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ or timeout.value() != timeout.default():
         yield
         return
     with temporary_settings(updates={timeout: EPHEMERAL_STARTUP_S}):
